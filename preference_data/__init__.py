@@ -1,0 +1,1 @@
+"""Everything about data: records, readers, validation with quarantine, transforms, collation."""

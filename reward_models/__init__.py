@@ -1,0 +1,1 @@
+"""The reward model as a library: scalar head, losses, metrics, scorer, normalisation."""
