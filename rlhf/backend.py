@@ -1,0 +1,231 @@
+"""The one module that knows about accelerate, DeepSpeed and process groups.
+
+Stages build a :class:`Backend` and call its methods; they never ask which engine runs them.
+Single process, DDP (gloo on CPU, NCCL on GPU) and DeepSpeed ZeRO 1/2/3 are chosen by the
+``accelerate launch`` configuration (see configs/accelerate/), not by the stage config.
+
+Loss convention: a stage passes a loss that is already its exact share of the global
+objective (e.g. sum of token losses on this micro-batch / tokens in the whole global batch).
+DDP and DeepSpeed average gradients over processes, and accelerate / DeepSpeed divide by the
+accumulation steps; :meth:`Backend.backward` multiplies those factors back, so gradients do not
+depend on how the global batch is split across processes and micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+
+class LaunchError(RuntimeError):
+    """The processes were launched differently from what was asked."""
+
+
+def _deepspeed_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+
+
+def _resolve_mixed_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher != "no":
+        return launcher
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+class Backend:
+    """Wraps one ``accelerate.Accelerator`` for a stage.
+
+    Args:
+        seed: base seed; process ``rank`` is seeded with ``seed + rank`` after model creation.
+        mixed_precision: 'auto' | 'no' | 'bf16' | 'fp16'.
+        grad_accum: micro-batches per optimizer step on each process.
+        micro_batch_size: sequences per forward pass (DeepSpeed needs it in its config).
+        max_grad_norm: global grad-norm clipping threshold, 0 disables.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        mixed_precision: str = "auto",
+        grad_accum: int = 1,
+        micro_batch_size: int = 1,
+        max_grad_norm: float = 1.0,
+    ) -> None:
+        if not torch.cuda.is_available():
+            # DeepSpeed otherwise probes for a CUDA accelerator and fails at import.
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+        handlers = []
+        if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # accelerate defaults to a backend that does not exist on CPU for DeepSpeed
+            # launches; gloo is the CPU collective backend.
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        self.seed = seed
+        self.grad_accum = grad_accum
+        self.max_grad_norm = max_grad_norm
+        self.accelerator = Accelerator(
+            mixed_precision=_resolve_mixed_precision(mixed_precision),
+            gradient_accumulation_steps=grad_accum,
+            kwargs_handlers=handlers,
+        )
+        acc = self.accelerator
+        self._deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+        if _deepspeed_requested() and not self._deepspeed:
+            raise LaunchError(
+                "DeepSpeed was requested by the launcher but accelerate set up "
+                f"{acc.distributed_type.value}: on CPU, do not combine ACCELERATE_USE_CPU=1 / --cpu "
+                "with --use_deepspeed; launch with the configs/accelerate/zero*.yaml files instead."
+            )
+        if os.environ.get("WORLD_SIZE") and int(os.environ["WORLD_SIZE"]) != acc.num_processes:
+            raise LaunchError(
+                f"{os.environ['WORLD_SIZE']} processes were launched but accelerate sees "
+                f"{acc.num_processes}; use --multi_gpu --num_processes N (not --cpu) on CPU."
+            )
+        if self._deepspeed:
+            ds_config = acc.state.deepspeed_plugin.deepspeed_config
+            ds_config["train_micro_batch_size_per_gpu"] = micro_batch_size
+            ds_config["gradient_accumulation_steps"] = grad_accum
+            ds_config["train_batch_size"] = micro_batch_size * grad_accum * acc.num_processes
+            ds_config["gradient_clipping"] = max_grad_norm
+        seed_everything(seed)
+
+    # ----------------------------------------------------------------- who am I
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def distributed_type(self) -> str:
+        return self.accelerator.distributed_type.value
+
+    @property
+    def mixed_precision(self) -> str:
+        return self.accelerator.mixed_precision
+
+    @property
+    def zero_stage(self) -> int | None:
+        if not self._deepspeed:
+            return None
+        return int(self.accelerator.state.deepspeed_plugin.zero_stage)
+
+    # ------------------------------------------------------------------ set-up
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None):
+        """Wraps model and optimizer for the engine. The scheduler is stepped by the stage
+        (once per optimizer step) and is only registered here for checkpointing."""
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        if scheduler is not None:
+            self.accelerator.register_for_checkpointing(scheduler)
+        seed_everything(self.seed + self.rank)
+        return model, optimizer
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    # ---------------------------------------------------------------- training
+    @contextlib.contextmanager
+    def accumulate(self, model: torch.nn.Module) -> Iterator[None]:
+        """Context for one micro-batch: skips the gradient all-reduce until the last one."""
+        with self.accelerator.accumulate(model), self.accelerator.autocast():
+            yield
+
+    @property
+    def sync_gradients(self) -> bool:
+        """True inside the context of the last micro-batch of an optimizer step."""
+        return self.accelerator.sync_gradients
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagates a loss that is this micro-batch's exact share of the global objective."""
+        self.accelerator.backward(loss * (self.grad_accum * self.world_size))
+
+    def optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+        """Clips the global grad norm, steps and zeroes; returns the pre-clip grad norm.
+
+        Call after the backward of the last micro-batch. Under DeepSpeed the engine has already
+        clipped and stepped inside that backward; only the norm is read here.
+        """
+        if self._deepspeed:
+            norm = self.accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+            return float(norm) if norm is not None else float("nan")
+        if self.max_grad_norm > 0:
+            norm = self.accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+        else:
+            norm = torch.sqrt(
+                sum((p.grad.detach().float() ** 2).sum() for p in model.parameters() if p.grad is not None)
+            )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # ----------------------------------------------------------- collectives
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def all_reduce_sum(self, value: float | torch.Tensor) -> torch.Tensor:
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.device).clone()
+        if self.world_size > 1:
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        return tensor
+
+    def mean_over_processes(self, value: float) -> float:
+        return float(self.all_reduce_sum(value)) / self.world_size
+
+    def max_over_processes(self, value: float) -> float:
+        tensor = torch.tensor(float(value), dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return float(tensor)
+
+    # ------------------------------------------------------------ state on disk
+    def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The model's full state dict on the main process (gathers ZeRO-3 shards; call on all ranks)."""
+        return self.accelerator.get_state_dict(model)
+
+    def save_state(self, folder: str) -> None:
+        """Model, optimizer, registered scheduler and every process's RNG (all ranks call)."""
+        self.accelerator.save_state(folder, safe_serialization=True)
+
+    def load_state(self, folder: str) -> None:
+        self.accelerator.load_state(folder)
+
+    def end(self) -> None:
+        self.accelerator.end_training()
+
+    def peak_memory_bytes(self) -> int:
+        if torch.cuda.is_available():
+            return int(torch.cuda.max_memory_allocated())
+        try:
+            import resource
+
+            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        except (ImportError, OSError):
+            return 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
