@@ -1,0 +1,64 @@
+"""Small tensor operations shared by the losses. Pure torch; inputs are never modified."""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values`` where ``mask`` is true.
+
+    Args:
+        values: [...] any shape.
+        mask: same shape as ``values`` (bool or 0/1).
+    """
+    return (values * mask.to(values.dtype)).sum()
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``values`` over the positions where ``mask`` is true (0 where the mask is empty).
+
+    Args:
+        values: [...] any shape.
+        mask: same shape as ``values``.
+        dim: reduce over this dimension only; None reduces over everything.
+    """
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Labels aligned with the logits that predict them: position t holds the label of t+1.
+
+    Args:
+        labels: [B, T] token ids with IGNORE_INDEX where no loss is taken.
+    Returns:
+        [B, T] with the last column IGNORE_INDEX.
+    """
+    shifted = torch.full_like(labels, IGNORE_INDEX)
+    shifted[:, :-1] = labels[:, 1:]
+    return shifted
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probability of each target token under ``logits / temperature``.
+
+    Args:
+        logits: [B, T, V] unnormalised scores.
+        targets: [B, T] token ids; IGNORE_INDEX positions get log-prob 0.
+        temperature: the sampling temperature the logits are divided by.
+    Returns:
+        [B, T] float32 log-probs.
+    """
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    safe_targets = targets.clamp(min=0)
+    # logsumexp + gather instead of log_softmax over V keeps one [B, T, V] tensor, not two.
+    picked = torch.gather(logits, -1, safe_targets.unsqueeze(-1)).squeeze(-1)
+    logprobs = picked - torch.logsumexp(logits, dim=-1)
+    return torch.where(targets == IGNORE_INDEX, torch.zeros_like(logprobs), logprobs)

@@ -1,0 +1,160 @@
+"""Logging for every stage: wandb (offline by default), metrics.jsonl, summary.json, a progress
+bar and PNG curves. Everything here acts on the main process only; other processes get no-ops.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN / inf
+    return value
+
+
+class Tracker:
+    """Writes ``metrics.jsonl`` (one object per logged step) and ``summary.json`` in ``output_dir``,
+    mirrors both to wandb, and draws a progress bar with rate and ETA.
+
+    Args:
+        output_dir: the stage's output folder.
+        is_main: only the main process writes or prints.
+        mode: wandb mode, 'offline' | 'online' | 'disabled'.
+        project, run_name, group: wandb identifiers.
+        config: the resolved config, stored with the wandb run.
+        total_steps: length of the progress bar.
+        start_step: first step (a resumed run starts mid-way and keeps appending).
+        progress: draw the progress bar.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        *,
+        is_main: bool,
+        mode: str = "offline",
+        project: str = "rlhf",
+        run_name: str | None = None,
+        group: str | None = None,
+        config: dict | None = None,
+        total_steps: int = 0,
+        start_step: int = 0,
+        progress: bool = True,
+        stage: str = "",
+    ) -> None:
+        self.is_main = is_main
+        self.output_dir = Path(output_dir)
+        self.started = time.time()
+        self.history: list[dict] = []
+        self._wandb_run = None
+        self._bar = None
+        if not is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        if start_step == 0 and self.metrics_path.exists():
+            self.metrics_path.unlink()  # a fresh run in a reused folder starts a fresh log
+        elif start_step > 0 and self.metrics_path.exists():
+            self._truncate_after(start_step)
+        if mode != "disabled":
+            import wandb  # imported late: it is slow to import and not needed when disabled
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self._wandb_run = wandb.init(
+                project=project,
+                name=run_name or f"{self.output_dir.name}-{stage}".strip("-"),
+                group=group,
+                job_type=stage or None,
+                dir=str(self.output_dir),
+                mode=mode,
+                config=config,
+                reinit="finish_previous",
+            )
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, desc=stage or "train", unit="step", dynamic_ncols=True
+            )
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop log lines written after the checkpoint so no step appears twice."""
+        kept = []
+        with open(self.metrics_path, encoding="utf-8") as handle:
+            for line in handle:
+                record = json.loads(line)
+                if record.get("step", 0) <= step:
+                    kept.append(line)
+                    self.history.append(record)
+        self.metrics_path.write_text("".join(kept), encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = {"step": step, **{key: _plain(value) for key, value in metrics.items()}}
+        self.history.append(record)
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._wandb_run is not None:
+            self._wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        if self._bar is not None and "loss" in record:
+            self._bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+
+    def advance(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def write(self, message: str) -> None:
+        """Prints on the main process without breaking the progress bar."""
+        if not self.is_main:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def finish(self, summary: dict[str, Any], plot_keys: Iterable[str] = ("loss", "eval_loss")) -> None:
+        if not self.is_main:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        summary = {key: _plain(value) for key, value in summary.items()}
+        summary.setdefault("wall_time_s", round(time.time() - self.started, 3))
+        tmp = self.output_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.output_dir / "summary.json")
+        plot_curves(self.history, list(plot_keys), self.output_dir / "curves.png")
+        if self._wandb_run is not None:
+            self._wandb_run.summary.update(summary)
+            self._wandb_run.finish()
+
+
+def plot_curves(history: list[dict], keys: list[str], path: Path) -> Path | None:
+    """One PNG panel per metric in ``keys`` that appears in ``history`` (x = step)."""
+    present = [key for key in keys if any(key in record for record in history)]
+    if not present:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.5), squeeze=False)
+    for axis, key in zip(axes[0], present):
+        points = [(r["step"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
+        axis.set_title(key)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
