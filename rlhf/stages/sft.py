@@ -1,0 +1,306 @@
+"""Supervised fine-tuning: setup -> loop -> save, on the shared backend.
+
+Loss is next-token cross-entropy on assistant tokens only, divided by the number of assistant
+tokens in the whole global batch, so 1 process x 8 micro-batches and 2 processes x 4 give the
+same update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+
+from preference_data.collate import TooLong, collate_rows, pack, single_row, tokenize_sft
+from preference_data.sampling import batched, mixture_stream
+from preference_data.validate import load_sft
+from rlhf.backend import Backend
+from rlhf.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from rlhf.config import param, save_config, to_dict
+from rlhf.losses import sft_loss
+from rlhf.models import apply_adaptation, count_parameters, load_causal_lm, load_tokenizer, save_model
+from rlhf.optim import build_optimizer
+from rlhf.sections import (
+    BatchConfig,
+    CheckpointConfig,
+    ModelConfig,
+    OptimConfig,
+    PrecisionConfig,
+    TrackingConfig,
+)
+from rlhf.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class SFTDataConfig:
+    """Where the SFT examples come from and how they become sequences."""
+
+    train: list[str] = param(
+        default_factory=lambda: ["builtin:judged-sft"],
+        doc="Training files (jsonl / json / csv / parquet / datasets folder / builtin:NAME).",
+    )
+    weights: Optional[list[float]] = param(
+        None, "Mixture weights, one per train source (None = concatenate and shuffle)."
+    )
+    eval: list[str] = param(default_factory=list, doc="Evaluation files (empty = hold out eval_fraction).")
+    eval_fraction: float = param(0.05, "Share of training prompts held out for evaluation when `eval` is empty.")
+    field_map: dict[str, str] = param(default_factory=dict, doc="Canonical field -> column name in the files.")
+    max_length: int = param(512, "Longest sequence in tokens.")
+    truncation: Literal["truncate", "reject"] = param(
+        "truncate", "Longer examples: keep the first max_length tokens, or reject them to quarantine."
+    )
+    packing: bool = param(False, "Pack several examples per row (no cross-example attention).")
+    chat_template: bool = param(True, "Render with the tokenizer's chat template.")
+    strict: bool = param(False, "Fail on the first rejected record instead of quarantining it.")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning of a causal LM on prompt/completion or chat records."""
+
+    output_dir: str = param("runs/sft", "Folder for the model, checkpoints, logs and plots.")
+    seed: int = param(0, "Seed for data order, initialisation and sampling.")
+    max_steps: int = param(100, "Optimizer steps (<= 0: derive from `epochs`).")
+    epochs: float = param(1.0, "Passes over the training rows, used when max_steps <= 0.")
+    eval_steps: int = param(0, "Evaluate every N steps (0 = only at the end).")
+    model: ModelConfig = param(default_factory=ModelConfig, doc="Model to fine-tune.")
+    data: SFTDataConfig = param(default_factory=SFTDataConfig, doc="Data.")
+    optim: OptimConfig = param(default_factory=OptimConfig, doc="Optimiser.")
+    batch: BatchConfig = param(default_factory=BatchConfig, doc="Batch sizes.")
+    precision: PrecisionConfig = param(default_factory=PrecisionConfig, doc="Numerics.")
+    checkpoint: CheckpointConfig = param(default_factory=CheckpointConfig, doc="Checkpoints.")
+    tracking: TrackingConfig = param(default_factory=TrackingConfig, doc="Logging.")
+
+
+def _is_eval_prompt(record, fraction: float) -> bool:
+    """Stable split by the conversation's first turn, so a prompt never lands on both sides."""
+    key = record.messages[0]["content"] if record.messages else ""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _tokenize_all(records, tokenizer, cfg: SFTDataConfig, report):
+    examples = []
+    for record in records:
+        try:
+            examples.append(
+                tokenize_sft(
+                    record,
+                    tokenizer,
+                    max_length=cfg.max_length,
+                    truncation=cfg.truncation,
+                    chat_template=cfg.chat_template,
+                )
+            )
+        except TooLong as err:
+            report.reject_accepted(record, str(err))
+    return examples
+
+
+def _load_data(cfg: SFTConfig, tokenizer, backend: Backend):
+    """Validated, tokenized train sources (one list per source) and eval rows."""
+    data = cfg.data
+    quarantine = str(Path(cfg.output_dir) / "quarantine.jsonl") if backend.is_main else None
+    # One load for every file, so one quarantine file and one report cover the run.
+    records, report = load_sft(
+        list(data.train) + list(data.eval),
+        field_map=data.field_map or None,
+        quarantine_path=quarantine,
+        strict=data.strict,
+    )
+    sources = [[r for r in records if r.source == path] for path in data.train]
+    eval_records = [r for r in records if r.source in data.eval]
+    if not data.eval and data.eval_fraction > 0:
+        eval_records = [r for source in sources for r in source if _is_eval_prompt(r, data.eval_fraction)]
+        sources = [[r for r in source if not _is_eval_prompt(r, data.eval_fraction)] for source in sources]
+    train = [_tokenize_all(source, tokenizer, data, report) for source in sources]
+    evaluation = [single_row(e) for e in _tokenize_all(eval_records, tokenizer, data, report)]
+    report.quarantine.close()
+    empty = [path for path, examples in zip(data.train, train) if not examples]
+    if empty:
+        raise ValueError(f"no valid training example left in {empty}\n{report.summary()}")
+    return train, evaluation, report
+
+
+def _row_stream(train, data: SFTDataConfig, seed: int):
+    stream = mixture_stream([len(t) for t in train], data.weights, seed)
+    examples = (train[d][i] for d, i in stream)
+    return pack(examples, data.max_length) if data.packing else map(single_row, examples)
+
+
+def _model_inputs(batch: dict, device) -> dict:
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    return {**inputs, "use_cache": False}
+
+
+@torch.no_grad()
+def evaluate(model, rows, backend: Backend, micro_batch_size: int, pad_id: int) -> dict:
+    """Token-weighted eval loss over every process's shard of ``rows``."""
+    if not rows:
+        return {}
+    model.eval()
+    mine = rows[backend.rank :: backend.world_size]
+    # Every process runs the same number of forward passes: ZeRO-3 gathers weights collectively.
+    n_batches = math.ceil(math.ceil(len(rows) / backend.world_size) / micro_batch_size)
+    nll, tokens = 0.0, 0.0
+    for b in range(n_batches):
+        chunk = mine[b * micro_batch_size : (b + 1) * micro_batch_size]
+        weight = 1.0 if chunk else 0.0
+        batch = collate_rows(chunk or rows[:1], pad_id)
+        logits = model(**_model_inputs(batch, backend.device)).logits
+        _, metrics = sft_loss(logits, batch["labels"].to(backend.device), 1.0)
+        nll += weight * float(metrics["nll_sum"])
+        tokens += weight * float(metrics["tokens"])
+    total_nll, total_tokens = backend.all_reduce_sum(torch.tensor([nll, tokens])).tolist()
+    model.train()
+    loss = total_nll / max(total_tokens, 1.0)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": total_tokens}
+
+
+def run(cfg: SFTConfig) -> dict:
+    started = time.time()
+    out = Path(cfg.output_dir)
+    backend = Backend(
+        seed=cfg.seed,
+        mixed_precision=cfg.precision.mixed_precision,
+        grad_accum=cfg.batch.grad_accum,
+        micro_batch_size=cfg.batch.micro_batch_size,
+        max_grad_norm=cfg.optim.max_grad_norm,
+    )
+    if backend.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    # Setup: model, data, optimizer, resume.
+    tokenizer = load_tokenizer(cfg.model)
+    model = apply_adaptation(load_causal_lm(cfg.model), cfg.model.adapt)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    trainable, total = count_parameters(model)
+    train, eval_rows, report = _load_data(cfg, tokenizer, backend)
+    global_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * backend.world_size
+    max_steps = cfg.max_steps
+    if max_steps <= 0:
+        n_rows = sum(1 for _ in pack((e for t in train for e in t), cfg.data.max_length)) if cfg.data.packing \
+            else sum(len(t) for t in train)
+        max_steps = max(1, math.ceil(cfg.epochs * n_rows / global_batch))
+    optimizer, scheduler = build_optimizer(model, cfg.optim, max_steps)
+    model, optimizer = backend.prepare(model, optimizer, scheduler)
+    start_step = 0
+    resume = resolve_resume(cfg.checkpoint.resume_from, cfg.output_dir)
+    if resume is not None:
+        start_step = load_checkpoint(backend, resume)["step"]
+
+    tracker = Tracker(
+        cfg.output_dir,
+        is_main=backend.is_main,
+        mode=cfg.tracking.mode,
+        project=cfg.tracking.project,
+        run_name=cfg.tracking.run_name,
+        group=cfg.tracking.group,
+        config=to_dict(cfg),
+        total_steps=max_steps,
+        start_step=start_step,
+        progress=cfg.tracking.progress,
+        stage="sft",
+    )
+    tracker.write(report.summary())
+    tracker.write(
+        f"sft: {backend.world_size} process(es), {backend.distributed_type}, precision "
+        f"{backend.mixed_precision}; trainable {trainable:,} / {total:,} parameters; {max_steps} steps "
+        f"of {global_batch} rows" + (f"; resumed at step {start_step} from {resume}" if resume else "")
+    )
+
+    # Loop: every process walks the same global batches and takes its own slice of each.
+    batches = batched(_row_stream(train, cfg.data, cfg.seed), global_batch)
+    for _ in range(start_step):
+        next(batches)
+    pad_id = tokenizer.pad_token_id
+    per_process = cfg.batch.micro_batch_size * cfg.batch.grad_accum
+    last_eval: dict = {}
+    model.train()
+    for step in range(start_step + 1, max_steps + 1):
+        step_start = time.time()
+        rows = next(batches)
+        target_tokens = sum(row.num_targets for row in rows)
+        mine = rows[backend.rank * per_process : (backend.rank + 1) * per_process]
+        nll_sum = 0.0
+        for m in range(cfg.batch.grad_accum):
+            batch = collate_rows(mine[m * cfg.batch.micro_batch_size : (m + 1) * cfg.batch.micro_batch_size], pad_id)
+            with backend.accumulate(model):
+                logits = model(**_model_inputs(batch, backend.device)).logits
+                loss, metrics = sft_loss(logits, batch["labels"].to(backend.device), target_tokens)
+                backend.backward(loss)
+            nll_sum += float(metrics["nll_sum"])
+        grad_norm = backend.optimizer_step(model, optimizer)
+        scheduler.step()
+        step_loss = float(backend.all_reduce_sum(nll_sum)) / target_tokens
+        elapsed = time.time() - step_start
+        if step % cfg.tracking.log_every == 0 or step == max_steps:
+            tracker.log(
+                step,
+                {
+                    "loss": step_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "target_tokens": target_tokens,
+                    "tokens_per_s": sum(len(r.input_ids) for r in rows) / max(elapsed, 1e-9),
+                    "step_time_s": elapsed,
+                },
+            )
+        if cfg.eval_steps and step % cfg.eval_steps == 0 and step != max_steps:
+            last_eval = evaluate(model, eval_rows, backend, cfg.batch.micro_batch_size, pad_id)
+            tracker.log(step, last_eval)
+        if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != max_steps:
+            save_checkpoint(backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last)
+        tracker.advance()
+
+    # Save: final checkpoint (resumable), eval, and the model as a save_pretrained folder.
+    save_checkpoint(backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last)
+    last_eval = evaluate(model, eval_rows, backend, cfg.batch.micro_batch_size, pad_id)
+    if last_eval:
+        tracker.log(max_steps, last_eval)
+    model_dir = save_final_model(backend, model, tokenizer, out / "model", merge=cfg.model.adapt.merge)
+    final = [r for r in tracker.history if "loss" in r]
+    summary = {
+        "stage": "sft",
+        "steps": max_steps,
+        "final_loss": final[-1]["loss"] if final else None,
+        **last_eval,
+        "model_dir": str(model_dir),
+        "world_size": backend.world_size,
+        "distributed_type": backend.distributed_type,
+        "zero_stage": backend.zero_stage,
+        "mixed_precision": backend.mixed_precision,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "global_batch_rows": global_batch,
+        "data": report.to_dict(),
+        "peak_memory_bytes": backend.max_over_processes(backend.peak_memory_bytes()),
+        "wall_time_s": round(time.time() - started, 3),
+    }
+    tracker.finish(summary)
+    backend.end()
+    return summary
+
+
+def save_final_model(backend: Backend, model, tokenizer, folder: Path, *, merge: bool) -> Path:
+    """save_pretrained folder written to a temporary name and renamed when complete."""
+    state_dict = backend.full_state_dict(model)
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    if backend.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(backend.unwrap(model), tokenizer, str(tmp), merge=merge, state_dict=state_dict)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    backend.barrier()
+    return folder

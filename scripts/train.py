@@ -1,0 +1,11 @@
+"""Entry point for distributed launches; all logic lives in rlhf.cli.
+
+    accelerate launch --config_file configs/accelerate/zero2.yaml scripts/train.py sft --config configs/sft/tiny.yaml
+"""
+
+import sys
+
+from rlhf.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
