@@ -1,0 +1,37 @@
+"""Shared fixtures: an isolated model cache, wandb offline, tiny SFT runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    # Built-in models are cached across tests of one session (and across sessions in CI's
+    # cache folder when RLHF_CACHE is set by the Makefile); wandb never opens a connection.
+    os.environ.setdefault("RLHF_CACHE", str(tmp_path_factory.mktemp("rlhf-cache")))
+    os.environ["WANDB_MODE"] = "disabled"
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from rlhf.models import load_tokenizer
+    from rlhf.sections import ModelConfig
+
+    return load_tokenizer(ModelConfig(name_or_path="builtin:tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path():
+    from rlhf.models import resolve_model_path
+
+    return resolve_model_path("builtin:tiny")
