@@ -231,3 +231,10 @@ def test_post_init_errors_and_literal_of_ints():
     assert "key 'mode' expects one of 'a', 'b', got int 1" in raises(from_dict, Outer, {"mode": 1})
     assert from_dict(Outer, {"level": 1}).level == 1
     assert "key 'level' expects one of 0, 1, got bool True" in raises(from_dict, Outer, {"level": True})
+
+
+def test_yaml_no_is_a_string_and_true_is_a_bool():
+    from rlhf.config import parse_overrides
+
+    assert parse_overrides(["precision.mixed_precision=no", "a=true", "b=off", "c=1e-4"]) == {
+        "precision": {"mixed_precision": "no"}, "a": True, "b": "off", "c": 1e-4}
