@@ -128,8 +128,29 @@ def _build_tiny(target: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
-    model.save_pretrained(target)
+    _save_on_any_rank(model, target)
     tokenizer.save_pretrained(target)
+
+
+def _save_on_any_rank(model, target: Path) -> None:
+    """``save_pretrained`` without its rank check.
+
+    Inside a distributed launch transformers writes model files from rank 0 only, but every
+    process builds its own private copy here (whichever finishes first is renamed into place),
+    so each must write a complete folder.
+    """
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(target)
+    model.generation_config.save_pretrained(target)
+    tensors, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        # Tied weights (SmolLM2's head is its embedding) are stored once; loading re-ties them.
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor.contiguous()
+    save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _tiny_key() -> str:
@@ -190,7 +211,7 @@ def _build_smollm2(target: Path) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(target)
+    _save_on_any_rank(model, target)
     tokenizer.save_pretrained(target)
 
 

@@ -1,0 +1,173 @@
+"""Side-by-side throughput benchmarks against TRL, in one run on one machine.
+
+    python scripts/bench.py sft [--model builtin:tiny] [--steps 30] [--batch 8] [--max-length 256] [--repeats 3]
+    python scripts/bench.py import
+
+Each measurement runs in a fresh subprocess (so peak memory is per framework), the two
+frameworks alternate, and the medians over repeats are reported with their ratio. Both sides
+get the same model, examples, batch size, sequence limit, precision, optimizer and LR, and
+train on completion tokens only with the chat template applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+WARMUP_STEPS = 3
+
+
+def _examples(n: int) -> list[dict]:
+    from preference_data.synthetic import sft_records
+
+    return sft_records(n=n, seed=0, quality="mixed")
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _ours(args) -> dict:
+    from rlhf.config import load_config
+    from rlhf.stages.sft import SFTConfig, run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "train.jsonl")
+        with open(data, "w") as f:
+            for record in _examples(args.examples):
+                f.write(json.dumps({"prompt": record["prompt"], "completion": record["completion"]}) + "\n")
+        cfg = load_config(SFTConfig, None, [
+            f"output_dir={tmp}/out", f"max_steps={args.steps}", f"model.name_or_path={args.model}",
+            f"data.train=[{data}]", "data.eval_fraction=0", f"data.max_length={args.max_length}",
+            f"batch.micro_batch_size={args.batch}", "optim.lr=1e-4", "optim.schedule=constant",
+            "tracking.mode=disabled", "tracking.progress=false", "precision.mixed_precision=no",
+        ])
+        run(cfg)
+        rows = [json.loads(line) for line in open(f"{tmp}/out/metrics.jsonl")]
+    steps = [r for r in rows if "step_time_s" in r][WARMUP_STEPS:]
+    step_time = statistics.median(r["step_time_s"] for r in steps)
+    tokens = statistics.mean(r["tokens_per_s"] * r["step_time_s"] for r in steps)
+    return {"step_time_s": step_time, "tokens_per_step": tokens}
+
+
+def _trl(args) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig as TRLConfig, SFTTrainer
+
+    from rlhf.models import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    data = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": r["prompt"]}],
+         "completion": [{"role": "assistant", "content": r["completion"]}]}
+        for r in _examples(args.examples)
+    ])
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            times.append(time.perf_counter() - self.start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TRLConfig(
+            output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="constant",
+            max_length=args.max_length, packing=False, completion_only_loss=True, save_strategy="no",
+            report_to="none", logging_steps=10**6, dataloader_num_workers=0, use_cpu=True, bf16=False,
+            disable_tqdm=True, seed=0,
+        )
+        trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                             callbacks=[Timer()])
+        trainer.train()
+        lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
+    tokens = statistics.mean(lengths) * args.batch
+    return {"step_time_s": statistics.median(times[WARMUP_STEPS:]), "tokens_per_step": tokens}
+
+
+def _child(args) -> None:
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    result = (_ours if args.framework == "ours" else _trl)(args)
+    result["peak_rss_bytes"] = _peak_rss()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _spawn(args, framework: str) -> dict:
+    cmd = [sys.executable, __file__, "sft", "--child", framework, "--model", args.model, "--steps", str(args.steps),
+           "--batch", str(args.batch), "--max-length", str(args.max_length), "--examples", str(args.examples)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{framework} run failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def bench_sft(args) -> None:
+    runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+    for repeat in range(args.repeats):
+        for framework in ("ours", "trl") if repeat % 2 == 0 else ("trl", "ours"):
+            runs[framework].append(_spawn(args, framework))
+            print(f"  repeat {repeat + 1}/{args.repeats} {framework}: {runs[framework][-1]}", file=sys.stderr)
+    table = {}
+    for framework, results in runs.items():
+        step = statistics.median(r["step_time_s"] for r in results)
+        tokens = statistics.median(r["tokens_per_step"] for r in results)
+        table[framework] = {
+            "steps_per_s": 1.0 / step,
+            "tokens_per_s": tokens / step,
+            "peak_rss_mib": statistics.median(r["peak_rss_bytes"] for r in results) / 2**20,
+        }
+    print(f"SFT {args.model}: batch {args.batch}, max_length {args.max_length}, fp32, {args.steps} steps "
+          f"({WARMUP_STEPS} warm-up not timed), median of {args.repeats}")
+    print(f"{'':8}{'steps/s':>10}{'tokens/s':>12}{'peak RSS MiB':>15}")
+    for framework, row in table.items():
+        print(f"{framework:8}{row['steps_per_s']:>10.2f}{row['tokens_per_s']:>12.0f}{row['peak_rss_mib']:>15.0f}")
+    ours, trl = table["ours"], table["trl"]
+    print(f"ratio ours/trl: steps/s x{ours['steps_per_s'] / trl['steps_per_s']:.2f}, tokens/s "
+          f"x{ours['tokens_per_s'] / trl['tokens_per_s']:.2f}, peak memory x{ours['peak_rss_mib'] / trl['peak_rss_mib']:.2f}")
+
+
+def bench_import(args) -> None:
+    def timed(module: str) -> float:
+        code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+        samples = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                        check=True).stdout) for _ in range(args.repeats)]
+        return statistics.median(samples)
+
+    for module in ("rlhf", "rlhf.cli", "rlhf.losses", "trl"):
+        print(f"import {module:12} {timed(module):6.2f} s (median of {args.repeats})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["sft", "import"])
+    parser.add_argument("--model", default="builtin:tiny")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--examples", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", choices=["ours", "trl"], dest="framework")
+    args = parser.parse_args()
+    if args.framework:
+        _child(args)
+    elif args.what == "sft":
+        bench_sft(args)
+    else:
+        bench_import(args)
+
+
+if __name__ == "__main__":
+    main()

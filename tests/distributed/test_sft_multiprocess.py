@@ -1,0 +1,75 @@
+"""2 CPU processes (DDP over gloo, and DeepSpeed ZeRO-2) agree with 1 process.
+
+The global batch is the same in every run (16 rows: 1 x 16 x 1, 2 x 8 x 1 and 2 x 4 x 2), so the
+updates must match up to floating-point reduction order.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import REPO, launch_command, sft_overrides
+from rlhf.config import load_config
+from rlhf.stages.sft import SFTConfig, run
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def launch(tmp_path, name, config_file, port, *extra):
+    out = tmp_path / name
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
+    env["OMP_NUM_THREADS"] = "1"
+    if config_file is None:
+        env["ACCELERATE_USE_CPU"] = "1"  # DDP over gloo on CPU
+    cmd = launch_command(config_file, 2, port) + [
+        "sft", "--config", "configs/sft/tiny.yaml", *sft_overrides(out, "max_steps=3", *extra)
+    ]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return out
+
+
+def single(tmp_path):
+    cfg = load_config(SFTConfig, str(REPO / "configs/sft/tiny.yaml"),
+                      sft_overrides(tmp_path / "single", "max_steps=3", "batch.micro_batch_size=16"))
+    run(cfg)
+    return tmp_path / "single"
+
+
+def assert_close_weights(a_dir, b_dir):
+    a = load_file(str(a_dir / "model" / "model.safetensors"))
+    b = load_file(str(b_dir / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=5e-6, rtol=1e-4, msg=key)
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    ddp = launch(tmp_path, "ddp", None, 29531, "batch.micro_batch_size=8")
+    summary = json.loads((ddp / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["distributed_type"] == "MULTI_CPU"
+    assert_close_weights(single(tmp_path), ddp)
+
+
+def test_zero2_two_processes_match_one(tmp_path):
+    zero = launch(tmp_path, "zero2", str(REPO / "configs/accelerate/zero2.yaml"), 29532,
+                  "batch.micro_batch_size=4", "batch.grad_accum=2")
+    summary = json.loads((zero / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["distributed_type"] == "DEEPSPEED"
+    assert summary["zero_stage"] == 2
+    assert_close_weights(single(tmp_path), zero)
+    # The ZeRO checkpoint is complete and marked as such.
+    assert (zero / "checkpoints" / "step-00000003" / "trainer_state.json").is_file()
+
+
+def test_deepspeed_dropped_by_cpu_flag_is_refused(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(ACCELERATE_USE_CPU="1", ACCELERATE_USE_DEEPSPEED="true", WORLD_SIZE="1")
+    code = "from rlhf.backend import Backend; Backend(seed=0)"
+    result = subprocess.run(["python", "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "DeepSpeed was requested" in result.stderr
