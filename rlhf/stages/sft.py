@@ -165,6 +165,9 @@ def evaluate(model, rows, backend: Backend, micro_batch_size: int, pad_id: int) 
 
 
 def run(cfg: SFTConfig) -> dict:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard load/save bars would bury the training bar
     started = time.time()
     out = Path(cfg.output_dir)
     backend = Backend(
