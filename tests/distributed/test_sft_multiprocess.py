@@ -1,4 +1,4 @@
-"""2 CPU processes (DDP over gloo, and DeepSpeed ZeRO-2) agree with 1 process.
+"""2 CPU processes (DDP over gloo, DeepSpeed ZeRO-2 and ZeRO-3) agree with 1 process.
 
 The global batch is the same in every run (16 rows: 1 x 16 x 1, 2 x 8 x 1 and 2 x 4 x 2), so the
 updates must match up to floating-point reduction order.
@@ -55,14 +55,15 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert_close_weights(single(tmp_path), ddp)
 
 
-def test_zero2_two_processes_match_one(tmp_path):
-    zero = launch(tmp_path, "zero2", str(REPO / "configs/accelerate/zero2.yaml"), 29532,
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_two_processes_match_one(tmp_path, stage):
+    zero = launch(tmp_path, f"zero{stage}", str(REPO / f"configs/accelerate/zero{stage}.yaml"), 29530 + stage,
                   "batch.micro_batch_size=4", "batch.grad_accum=2")
     summary = json.loads((zero / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["distributed_type"] == "DEEPSPEED"
-    assert summary["zero_stage"] == 2
+    assert summary["zero_stage"] == stage
+    # Under ZeRO-3 the saved model is gathered from the shards of both processes.
     assert_close_weights(single(tmp_path), zero)
-    # The ZeRO checkpoint is complete and marked as such.
     assert (zero / "checkpoints" / "step-00000003" / "trainer_state.json").is_file()
 
 
