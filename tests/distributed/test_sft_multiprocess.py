@@ -7,6 +7,7 @@ updates must match up to floating-point reduction order.
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -71,6 +72,6 @@ def test_deepspeed_dropped_by_cpu_flag_is_refused(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
     env.update(ACCELERATE_USE_CPU="1", ACCELERATE_USE_DEEPSPEED="true", WORLD_SIZE="1")
     code = "from rlhf.backend import Backend; Backend(seed=0)"
-    result = subprocess.run(["python", "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "DeepSpeed was requested" in result.stderr
