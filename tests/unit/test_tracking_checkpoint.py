@@ -48,3 +48,12 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         resolve_resume(str(root / "step-00000012"), str(tmp_path))
     assert resolve_resume("latest", str(tmp_path / "empty")) is None
+
+
+def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tracker = Tracker(str(tmp_path), is_main=True, mode="offline", progress=False, stage="sft")
+    tracker.log(1, {"loss": 2.0})
+    tracker.finish({"final_loss": 2.0})
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
