@@ -126,3 +126,17 @@ def test_weighted_mixture_and_packing_run(tmp_path):
                        "data.weights=[3,1]", "data.packing=true", "data.max_length=256", "max_steps=3")
     assert summary["steps"] == 3 and summary["final_loss"] > 0
     assert summary["data"]["read"] == 200
+
+
+def test_gradient_checkpointing_gives_the_same_update(tmp_path):
+    _, plain = sft(tmp_path, "plain", "max_steps=2")
+    _, ckpt = sft(tmp_path, "ckpt", "max_steps=2", "model.gradient_checkpointing=true")
+    assert_same_weights(weights(plain), weights(ckpt), atol=2e-6)
+
+
+@pytest.mark.parametrize("strategy", ["lora", "freeze", "prefix"])
+def test_adaptation_strategies_train_only_their_parameters(tmp_path, strategy):
+    summary, out = sft(tmp_path, strategy, "max_steps=2", f"model.adapt.strategy={strategy}",
+                       "model.adapt.lora_r=4", "model.adapt.num_virtual_tokens=4")
+    assert 0 < summary["trainable_parameters"] < summary["total_parameters"]
+    assert (out / "model").is_dir() and summary["final_loss"] > 0
