@@ -40,3 +40,65 @@ class SFTRecord:
     def completion(self) -> str:
         """The text of the final assistant turn."""
         return self.messages[-1]["content"]
+
+
+# A prompt is plain text, or a conversation prefix: a tuple of messages ending with a user turn.
+
+
+
+def prompt_key(prompt) -> str:
+    """A stable text key for a prompt (grouping, splitting by prompt, dedup)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prompt alone (PPO rollouts)."""
+
+    prompt: str | tuple[dict, ...]
+    source: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class PairwiseRecord:
+    """One preference: ``chosen`` is better than ``rejected`` for ``prompt``.
+
+    ``margin`` (optional) is how much better; ``group`` ties together the pairs that came from
+    one ranked or rated item, so a reward model can score each response once per batch.
+    """
+
+    prompt: str | tuple[dict, ...]
+    chosen: str
+    rejected: str
+    margin: float | None = None
+    annotator: str | None = None
+    group: str | None = None
+    source: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class RankedRecord:
+    """K >= 2 responses with ranks: 0 = best; equal ranks are ties."""
+
+    prompt: str | tuple[dict, ...]
+    responses: tuple[str, ...]
+    ranks: tuple[int, ...]
+    annotator: str | None = None
+    source: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class RatedRecord:
+    """Responses with absolute scores: a number each, or a mapping of named attributes to numbers."""
+
+    prompt: str | tuple[dict, ...]
+    responses: tuple[str, ...]
+    scores: tuple  # tuple[float, ...] or tuple[dict[str, float], ...]
+    annotator: str | None = None
+    source: str = ""
+    line: int = 0
