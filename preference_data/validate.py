@@ -4,6 +4,9 @@ A rejected record is never silently dropped: it is counted in a `ValidationRepor
 reason *kind* (for the summary), and written with its detailed reason, source file and line to
 a `Quarantine` file. Totals reconcile: read == accepted + rejected.
 Every message reads `path/file.jsonl:17: field 'completion' is empty`.
+
+This module holds the shared machinery and the SFT checker; the preference kinds (prompt,
+pairwise, ranked, rated) and the generic `load_kind` are in `validate_preferences`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,22 @@ _KINDS = (
     ("too long", "too long"),
     ("longer than", "too long"),
     ("has both", "ambiguous format"),
+    ("several kinds", "ambiguous format"),
+    ("record kind", "unknown kind"),
+    ("do not share a prompt", "prompt mismatch"),
+    ("dialogue", "bad conversation"),
+    ("are identical", "identical responses"),
+    ("duplicates", "identical responses"),
+    ("need at least", "too few responses"),
+    (" ranks for ", "count mismatch"),
+    (" scores for ", "count mismatch"),
+    ("no preference", "no preference"),
+    ("scores of a record", "inconsistent scores"),
+    ("no numeric rating", "missing score"),
+    ("only text parts", "unsupported content"),
+    ("not finite", "invalid value"),
+    ("is negative", "invalid value"),
+    ("is not a number", "invalid value"),
     ("conversation", "bad conversation"),
     ("only allowed", "bad conversation"),
     ("no assistant turn", "bad conversation"),
