@@ -272,7 +272,8 @@ class ValidationReport:
 
 def load_records(paths: str | Iterable[str], check: Callable[[object, str, int], object], *,
                  field_map: dict[str, str] | None = None, quarantine_path: str | None,
-                 strict: bool = False, what: str = "records") -> tuple[list, ValidationReport]:
+                 strict: bool = False, what: str = "records", keep: bool = True,
+                 progress: bool = False) -> tuple[list, ValidationReport]:
     """Read every path, keep what `check` accepts, quarantine the rest.
 
     strict=True raises DataError at the first rejection (`file:line: reason`). DataError is also
@@ -284,7 +285,12 @@ def load_records(paths: str | Iterable[str], check: Callable[[object, str, int],
     with report.quarantine:
         for path in paths:
             report.sources.append(path)
-            for row in iter_rows(path, field_map=field_map):
+            rows = iter_rows(path, field_map=field_map)
+            if progress:
+                from tqdm.auto import tqdm  # late: only the command line asks for a bar
+
+                rows = tqdm(rows, desc=os.path.basename(path), unit=" rec", mininterval=0.5)
+            for row in rows:
                 try:
                     if row.error is not None:
                         raise Rejected(row.error)
@@ -296,8 +302,9 @@ def load_records(paths: str | Iterable[str], check: Callable[[object, str, int],
                                   row.data if row.data is not None else row.raw, kind=rejected.kind)
                     continue
                 report.accept()
-                records.append(record)
-    if not records:
+                if keep:  # keep=False validates in bounded memory: only the counts remain
+                    records.append(record)
+    if not report.accepted:
         raise DataError(f"no valid {what} in {', '.join(paths) or 'no paths'}\n{report.summary()}")
     return records, report
 

@@ -263,7 +263,8 @@ def longest_tokens(record, tokenizer) -> int:
 def load_kind(paths: str | Iterable[str], kind: str, *, field_map: dict[str, str] | None = None,
               quarantine_path: str | None, strict: bool = False, dedup: bool = True,
               max_tokens: int | None = None, tokenizer=None,
-              adapter: str | None = None) -> tuple[list, ValidationReport]:
+              adapter: str | None = None, keep: bool = True,
+              progress: bool = False) -> tuple[list, ValidationReport]:
     """Load records of one kind ("sft", "pairwise", "ranked", "rated", "prompt", or "auto").
 
     Each row goes: field_map -> adapter (see `adapters.ADAPTERS`) -> the kind's checker ->
@@ -312,4 +313,4 @@ def load_kind(paths: str | Iterable[str], kind: str, *, field_map: dict[str, str
 
     what = "SFT records" if kind == "sft" else "records" if kind == "auto" else f"{kind} records"
     return load_records(paths, check, field_map=field_map, quarantine_path=quarantine_path,
-                        strict=strict, what=what)
+                        strict=strict, what=what, keep=keep, progress=progress)

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         stage.add_argument("--config", "-c", help="YAML config file (see configs/)")
         stage.add_argument("--help-config", action="store_true", help="list every config key with its doc")
         stage.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. optim.lr=1e-4")
-    data = sub.add_parser("data", help=f"{DESCRIPTIONS['data']} (not available yet)")
+    data = sub.add_parser("data", help=DESCRIPTIONS["data"], add_help=False)
     data.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
@@ -55,11 +55,16 @@ def _not_available(name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["data"]:  # its own parser, so that `rlhf data --help` reaches it
+        from rlhf.data_cli import main as data_main
+
+        return data_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
         return 0
-    if args.command == "data" or STAGES.get(args.command) is None:
+    if STAGES.get(args.command) is None:
         return _not_available(args.command)
     module_name, class_name, _ = STAGES[args.command]
     from rlhf.config import ConfigError, describe, load_config
