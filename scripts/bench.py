@@ -2,6 +2,7 @@
 
     python scripts/bench.py sft [--model builtin:tiny] [--steps 30] [--batch 8] [--max-length 256] [--repeats 3]
     python scripts/bench.py import
+    python scripts/bench.py data [--records 1000000]
 
 Each measurement runs in a fresh subprocess (so peak memory is per framework), the two
 frameworks alternate, and the medians over repeats are reported with their ratio. Both sides
@@ -153,9 +154,33 @@ def bench_import(args) -> None:
         print(f"{statement:36} {timed(statement):6.2f} s (median of {args.repeats})")
 
 
+def bench_data(args) -> None:
+    """Streaming validation of a large pairwise jsonl file: records/s and peak RSS of the validator."""
+    from preference_data.synthetic_prefs import pairwise_records
+
+    base = pairwise_records(1000, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "big.jsonl")
+        with open(path, "w", encoding="utf-8") as handle:
+            for i in range(args.records):
+                record = dict(base[i % len(base)])
+                record["prompt"] = f"{record['prompt']} (item {i})"  # distinct, so dedup keeps all
+                handle.write(json.dumps(record) + "\n")
+        size = os.path.getsize(path)
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "rlhf.cli", "data", "validate", path, "--kind", "pairwise"],
+                                capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(result.stdout.strip().splitlines()[0] if result.stdout else result.stderr[-2000:])
+    print(f"validated {args.records:,} records ({size / 2**20:.0f} MiB) in {elapsed:.1f} s: "
+          f"{args.records / elapsed:,.0f} records/s, peak RSS {rss / 2**20:.0f} MiB (exit {result.returncode})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["sft", "import"])
+    parser.add_argument("what", choices=["sft", "import", "data"])
+    parser.add_argument("--records", type=int, default=1_000_000, help="data: records in the generated file")
     parser.add_argument("--model", default="builtin:tiny")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
@@ -168,6 +193,8 @@ def main() -> None:
         _child(args)
     elif args.what == "sft":
         bench_sft(args)
+    elif args.what == "data":
+        bench_data(args)
     else:
         bench_import(args)
 
