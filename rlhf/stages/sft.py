@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +20,8 @@ from preference_data.collate import TooLong, collate_rows, pack, single_row, tok
 from preference_data.sampling import batched, mixture_stream
 from preference_data.validate import load_sft
 from rlhf.backend import Backend
-from rlhf.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from rlhf.config import param, save_config, to_dict
+from rlhf.checkpoint import save_checkpoint
+from rlhf.config import param
 from rlhf.losses import sft_loss
 from rlhf.models import apply_adaptation, count_parameters, load_causal_lm, load_tokenizer, save_model
 from rlhf.optim import build_optimizer
@@ -35,7 +33,7 @@ from rlhf.sections import (
     PrecisionConfig,
     TrackingConfig,
 )
-from rlhf.tracking import Tracker
+from rlhf.stages import common
 
 
 @dataclass(frozen=True)
@@ -165,21 +163,9 @@ def evaluate(model, rows, backend: Backend, micro_batch_size: int, pad_id: int) 
 
 
 def run(cfg: SFTConfig) -> dict:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # per-shard load/save bars would bury the training bar
     started = time.time()
     out = Path(cfg.output_dir)
-    backend = Backend(
-        seed=cfg.seed,
-        mixed_precision=cfg.precision.mixed_precision,
-        grad_accum=cfg.batch.grad_accum,
-        micro_batch_size=cfg.batch.micro_batch_size,
-        max_grad_norm=cfg.optim.max_grad_norm,
-    )
-    if backend.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    backend = common.start(cfg)
 
     # Setup: model, data, optimizer, resume.
     tokenizer = load_tokenizer(cfg.model)
@@ -190,31 +176,14 @@ def run(cfg: SFTConfig) -> dict:
     trainable, total = count_parameters(model)
     train, eval_rows, report = _load_data(cfg, tokenizer, backend)
     global_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * backend.world_size
-    max_steps = cfg.max_steps
-    if max_steps <= 0:
-        n_rows = sum(1 for _ in pack((e for t in train for e in t), cfg.data.max_length)) if cfg.data.packing \
-            else sum(len(t) for t in train)
-        max_steps = max(1, math.ceil(cfg.epochs * n_rows / global_batch))
+    n_rows = sum(len(t) for t in train)
+    if cfg.data.packing and cfg.max_steps <= 0:
+        n_rows = sum(1 for _ in pack((e for t in train for e in t), cfg.data.max_length))
+    max_steps = common.total_steps(cfg, n_rows, global_batch)
     optimizer, scheduler = build_optimizer(model, cfg.optim, max_steps)
     model, optimizer = backend.prepare(model, optimizer, scheduler)
-    start_step = 0
-    resume = resolve_resume(cfg.checkpoint.resume_from, cfg.output_dir)
-    if resume is not None:
-        start_step = load_checkpoint(backend, resume)["step"]
-
-    tracker = Tracker(
-        cfg.output_dir,
-        is_main=backend.is_main,
-        mode=cfg.tracking.mode,
-        project=cfg.tracking.project,
-        run_name=cfg.tracking.run_name,
-        group=cfg.tracking.group,
-        config=to_dict(cfg),
-        total_steps=max_steps,
-        start_step=start_step,
-        progress=cfg.tracking.progress,
-        stage="sft",
-    )
+    start_step, resume = common.resume(cfg, backend)
+    tracker = common.tracker(cfg, backend, steps=max_steps, start_step=start_step, stage="sft")
     tracker.write(report.summary())
     tracker.write(
         f"sft: {backend.world_size} process(es), {backend.distributed_type}, precision "
@@ -279,16 +248,11 @@ def run(cfg: SFTConfig) -> dict:
         "final_loss": final[-1]["loss"] if final else None,
         **last_eval,
         "model_dir": str(model_dir),
-        "world_size": backend.world_size,
-        "distributed_type": backend.distributed_type,
-        "zero_stage": backend.zero_stage,
-        "mixed_precision": backend.mixed_precision,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "global_batch_rows": global_batch,
         "data": report.to_dict(),
-        "peak_memory_bytes": backend.max_over_processes(backend.peak_memory_bytes()),
-        "wall_time_s": round(time.time() - started, 3),
+        **common.run_facts(backend, started),
     }
     tracker.finish(summary)
     backend.end()
@@ -298,12 +262,7 @@ def run(cfg: SFTConfig) -> dict:
 def save_final_model(backend: Backend, model, tokenizer, folder: Path, *, merge: bool) -> Path:
     """save_pretrained folder written to a temporary name and renamed when complete."""
     state_dict = backend.full_state_dict(model)
-    tmp = folder.with_name(f".tmp-{folder.name}")
-    if backend.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(backend.unwrap(model), tokenizer, str(tmp), merge=merge, state_dict=state_dict)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    backend.barrier()
-    return folder
+    unwrapped = backend.unwrap(model)
+    return common.write_folder_atomically(
+        backend, folder, lambda tmp: save_model(unwrapped, tokenizer, str(tmp), merge=merge, state_dict=state_dict)
+    )

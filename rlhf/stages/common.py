@@ -1,0 +1,89 @@
+"""Set-up and wrap-up shared by the stage loops (backend, output folder, tracker, resume, summary)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from rlhf.backend import Backend
+from rlhf.checkpoint import load_checkpoint, resolve_resume
+from rlhf.config import save_config, to_dict
+from rlhf.tracking import Tracker
+
+
+def start(cfg) -> Backend:
+    """The backend for a stage config, with the output folder and resolved config written."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard load/save bars would bury the training bar
+    backend = Backend(
+        seed=cfg.seed,
+        mixed_precision=cfg.precision.mixed_precision,
+        grad_accum=cfg.batch.grad_accum,
+        micro_batch_size=cfg.batch.micro_batch_size,
+        max_grad_norm=cfg.optim.max_grad_norm,
+    )
+    if backend.is_main:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    return backend
+
+
+def total_steps(cfg, rows: int, global_batch: int) -> int:
+    """``max_steps``, or enough steps for ``epochs`` passes over ``rows`` when it is <= 0."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * rows / global_batch))
+
+
+def resume(cfg, backend: Backend) -> tuple[int, Path | None]:
+    """(first step to run from, checkpoint used) after restoring the backend state if asked."""
+    path = resolve_resume(cfg.checkpoint.resume_from, cfg.output_dir)
+    if path is None:
+        return 0, None
+    return int(load_checkpoint(backend, path)["step"]), path
+
+
+def tracker(cfg, backend: Backend, *, steps: int, start_step: int, stage: str) -> Tracker:
+    return Tracker(
+        cfg.output_dir,
+        is_main=backend.is_main,
+        mode=cfg.tracking.mode,
+        project=cfg.tracking.project,
+        run_name=cfg.tracking.run_name,
+        group=cfg.tracking.group,
+        config=to_dict(cfg),
+        total_steps=steps,
+        start_step=start_step,
+        progress=cfg.tracking.progress,
+        stage=stage,
+    )
+
+
+def run_facts(backend: Backend, started: float) -> dict:
+    """What every summary.json reports about how the run was executed."""
+    return {
+        "world_size": backend.world_size,
+        "distributed_type": backend.distributed_type,
+        "zero_stage": backend.zero_stage,
+        "mixed_precision": backend.mixed_precision,
+        "peak_memory_bytes": backend.max_over_processes(backend.peak_memory_bytes()),
+        "wall_time_s": round(time.time() - started, 3),
+    }
+
+
+def write_folder_atomically(backend: Backend, folder: Path, write: Callable[[Path], None]) -> Path:
+    """Main process writes into a temporary sibling, then renames it into place; all processes wait."""
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    if backend.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    backend.barrier()
+    return folder
