@@ -1,0 +1,344 @@
+"""The scalar reward model: a sequence-classification head on a causal or encoder backbone.
+
+The reward of a sequence is the head's output at its LAST REAL token (the last position where
+``attention_mask == 1``). Padding is found from the mask only, never from token ids, so the
+reward is right under left padding, right padding, and when the pad token is also the EOS token
+(transformers' own ``*ForSequenceClassification.forward`` looks for the last non-pad *id*, which
+is wrong when pad == eos and the text itself contains EOS).
+
+Also here, so that training (``reward_models.batching``) and scoring (``reward_models.scorer``)
+render a (prompt, response) pair with the very same code: :func:`render_for_reward` and
+:func:`encode_for_reward`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from rlhf.models import apply_adaptation, quantization_config_for, resolve_model_path
+from rlhf.sections import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+HEAD_NAMES = ("score", "classifier")  # decoder heads are called score, encoder heads classifier
+REWARD_MODEL_FILE = "reward_model.json"
+ADAPTER_SUBDIR = "adapter"
+WRAPPED_ATTR = "model"  # ScalarRewardModel's attribute holding the seq-cls model (state-dict prefix)
+
+Prompt = Union[str, Sequence[dict]]
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering: the one place that decides what text a reward is computed on
+
+
+def render_for_reward(tokenizer, prompt: Prompt, response: str, chat_template: bool = True) -> str:
+    """The text whose reward is read at its last token, identical in training and scoring.
+
+    ``prompt`` is a string (one user message) or a list of ``{"role", "content"}`` messages; the
+    response becomes the final assistant message. With ``chat_template`` and a tokenizer that has
+    one, the text is ``tokenizer.apply_chat_template(messages, tokenize=False)``: it already holds
+    the template's special tokens, so it must be tokenised with ``add_special_tokens=False``
+    (:func:`encode_for_reward` does). Otherwise (no template asked for, or the tokenizer has none,
+    e.g. an encoder) it is ``prompt + response + eos``; a list prompt is its contents joined by blank
+    lines. A tokenizer with no EOS but CLS / SEP (BERT-like encoders, whose pooler reads the first
+    token) gives ``[CLS] prompt [SEP] response [SEP]``, the same ids as the tokenizer's own pair
+    encoding.
+    """
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = [dict(m) for m in prompt]
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        messages.append({"role": "assistant", "content": response})
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt_text = prompt if isinstance(prompt, str) else "\n\n".join(str(m["content"]) for m in messages)
+    if tokenizer.eos_token is not None:
+        return f"{prompt_text}{response}{tokenizer.eos_token}"
+    if tokenizer.cls_token is not None and tokenizer.sep_token is not None:
+        return f"{tokenizer.cls_token}{prompt_text}{tokenizer.sep_token}{response}{tokenizer.sep_token}"
+    return f"{prompt_text}{response}"
+
+
+def encode_for_reward(tokenizer, text: str, max_length: Optional[int] = None) -> list[int]:
+    """Token ids of a rendered text, left-truncated to ``max_length`` (the reward is read at the end).
+
+    A leading BOS / CLS token survives truncation: encoders pool the first token, and decoders
+    have only ever seen text that starts with BOS.
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if max_length is None or len(ids) <= max_length:
+        return list(ids)
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    leading = {t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id) if t is not None}
+    if ids and ids[0] in leading and max_length > 1:
+        return [ids[0], *ids[len(ids) - (max_length - 1):]]
+    return list(ids[len(ids) - max_length:])
+
+
+# ---------------------------------------------------------------------------------------------
+# the module
+
+
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    getter = getattr(model, "get_base_model", None)
+    return getter() if callable(getter) else model
+
+
+def _is_prompt_learning(model: nn.Module) -> bool:
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or not configs:
+        return False
+    return bool(getattr(configs[model.active_adapter], "is_prompt_learning", False))
+
+
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B] index of the last position where ``attention_mask`` [B, T] is 1 (0 for an empty row)."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * (attention_mask > 0)).argmax(-1)
+
+
+class ScalarRewardModel(nn.Module):
+    """One scalar reward per sequence from an ``AutoModelForSequenceClassification`` (num_labels=1).
+
+    ``model`` may be peft-wrapped. DDP / DeepSpeed wrap THIS module, so the forward may call
+    submodules of ``model`` directly.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        setattr(self, WRAPPED_ATTR, model)
+
+    @property
+    def wrapped(self) -> nn.Module:
+        """The seq-cls model, peft wrapper included when there is one."""
+        return getattr(self, WRAPPED_ATTR)
+
+    @property
+    def seqcls(self) -> nn.Module:
+        """The transformers seq-cls model (peft's LoRA layers live inside it, injected in place)."""
+        return _unwrap_peft(self.wrapped)
+
+    @property
+    def config(self):
+        return self.seqcls.config
+
+    @property
+    def is_decoder(self) -> bool:
+        """Causal-LM backbone with a per-position ``score`` head (else a pooled encoder head)."""
+        return isinstance(getattr(self.seqcls, "score", None), nn.Module)
+
+    @property
+    def head(self) -> nn.Module:
+        for name in HEAD_NAMES:
+            module = getattr(self.seqcls, name, None)
+            if isinstance(module, nn.Module):
+                return module
+        raise AttributeError(f"{type(self.seqcls).__name__} has no 'score' or 'classifier' head")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rewards [B] float32 for ``input_ids`` / ``attention_mask`` [B, T] (any padding side)."""
+        if not self.is_decoder:
+            # Encoders pool the first token ([CLS]) themselves; right padding is all they see.
+            return self.wrapped(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        # Positions count real tokens only, so a left-padded sequence sees the positions it
+        # would see alone (the default arange would shift them by the padding length).
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if _is_prompt_learning(self.wrapped):
+            # Prefix / prompt tuning lives in peft's forward (extra keys or tokens), not in layers.
+            out = self.wrapped(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                output_hidden_states=True,
+            )
+            hidden = out.hidden_states[-1]
+        else:
+            base = getattr(self.seqcls, self.seqcls.base_model_prefix)
+            hidden = base(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+        hidden = hidden[:, hidden.shape[1] - input_ids.shape[1]:]  # drop virtual prompt tokens, if any
+        last = last_real_index(attention_mask)
+        # The head is linear per position: apply it to the B gathered states, not all B x T.
+        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.head(picked)[:, 0].float()
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _dtype(value: Union[str, torch.dtype, None]) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    names = {None: torch.float32, "auto": torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if value not in names:
+        raise ValueError(f"unknown dtype {value!r}; expected one of float32, bfloat16, float16, auto")
+    return names[value]
+
+
+def _head_name(model: nn.Module) -> str:
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head")
+
+
+@torch.no_grad()
+def _reinit_head(head: nn.Module, num_labels: int) -> None:
+    """Small initial rewards: N(0, 1/sqrt(hidden+1)) on the output projection, zero bias.
+
+    Uses the current global RNG (seeding is the caller's business). transformers' own init of a
+    fresh head depends on the architecture; this one keeps the starting rewards near 0 whatever
+    the backbone, so the first pairwise losses are close to ln 2.
+    """
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+    for linear in linears:
+        if hasattr(linear.weight, "ds_id"):
+            # Partitioned under ZeRO-3 zero.Init: this shard is empty. transformers' init
+            # (std = initializer_range, small too) stays.
+            logger.warning("reward head is partitioned (ZeRO-3); keeping transformers' initialisation")
+            return
+        linear.weight.normal_(0.0, 1.0 / math.sqrt(linear.in_features + 1))
+        if linear.bias is not None:
+            linear.bias.zero_()
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    # transformers renamed gradient -> activation checkpointing (old names warn, gone in v6).
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def load_reward_model(
+    cfg: ModelConfig, *, pad_token_id: int, dtype: Union[str, torch.dtype, None] = None
+) -> ScalarRewardModel:
+    """A trainable reward model from a seq-cls folder, a causal-LM folder (new head) or an encoder.
+
+    ``dtype`` overrides ``cfg.dtype``. A head missing from the checkpoint is re-initialised small
+    (see :func:`_reinit_head`); then ``cfg.adapt`` is applied with peft task type ``SEQ_CLS``, which
+    keeps the head trainable and saved next to LoRA adapters. Dropout is left as configured.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {
+        "num_labels": 1,
+        "revision": None if cfg.name_or_path.startswith("builtin:") else cfg.revision,
+        "trust_remote_code": cfg.trust_remote_code,
+        "dtype": _dtype(dtype if dtype is not None else cfg.dtype),
+        "output_loading_info": True,
+    }
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.adapt.strategy == "qlora":
+        kwargs["quantization_config"] = quantization_config_for(cfg.adapt)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    model, info = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.name_or_path), **kwargs)
+    model.config.pad_token_id = pad_token_id
+    head_name = _head_name(model)
+    if any(key == head_name or key.startswith(head_name + ".") for key in info.get("missing_keys", ())):
+        _reinit_head(getattr(model, head_name), model.config.num_labels)
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(model)
+    model = apply_adaptation(model, cfg.adapt, task_type="SEQ_CLS")
+    if cfg.adapt.strategy in ("full", "freeze"):
+        # freeze keeps rlhf.models' "top" modules trainable; say it outright for the scalar head,
+        # whatever name the architecture gives it (BERT-like models call it classifier).
+        getattr(model, head_name).requires_grad_(True)
+    return ScalarRewardModel(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def _strip_prefix(state_dict: dict, prefix: str) -> dict:
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _merged(peft_model: nn.Module, adapter_dir: Path, state_dict: Optional[dict]) -> nn.Module:
+    """The adapter merged into a copy of the base, leaving the training model untouched."""
+    base = peft_model.get_base_model()
+    peft_config = peft_model.peft_config[peft_model.active_adapter]
+    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        # Merging into quantised weights would round the update away: reload the base unquantised.
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification
+
+        fresh = AutoModelForSequenceClassification.from_pretrained(
+            peft_config.base_model_name_or_path, num_labels=1, dtype=torch.bfloat16
+        )
+        fresh.config.pad_token_id = base.config.pad_token_id
+        return PeftModel.from_pretrained(fresh, adapter_dir).merge_and_unload()
+    if state_dict is None:
+        return copy.deepcopy(peft_model).merge_and_unload()
+    # ZeRO-3 shards cannot be deep-copied into a whole model: rebuild one and fill it from the
+    # gathered weights. Calling the class (not from_config) keeps DeepSpeed's zero.Init out of it.
+    fresh = type(base)(copy.deepcopy(base.config)).to(base.dtype)
+    rebuilt = type(peft_model)(fresh, copy.deepcopy(peft_config), adapter_name=peft_model.active_adapter)
+    rebuilt.load_state_dict(state_dict)
+    return rebuilt.merge_and_unload()
+
+
+def save_reward_model(
+    model: ScalarRewardModel,
+    tokenizer,
+    out_dir: Union[str, Path],
+    *,
+    state_dict: Optional[dict] = None,
+    merge: bool = False,
+    extra: Optional[dict] = None,
+) -> Path:
+    """Write a folder that ``AutoModelForSequenceClassification.from_pretrained`` loads as is.
+
+    Full / freeze: the seq-cls model's ``save_pretrained``. LoRA / QLoRA: the adapter merged
+    into full weights in ``out_dir`` (a reward model is for scoring, so the plain folder must load
+    without peft), the adapter itself in ``out_dir/adapter`` -- whatever ``merge`` says, which is
+    accepted for parity with ``rlhf.models.save_model``. Prefix tuning cannot be merged: the
+    adapter is written at ``out_dir`` (a peft folder; :class:`reward_models.scorer.RewardModel`
+    loads it). ``state_dict``: the full gathered state dict of ``model`` (ZeRO-3), keys prefixed
+    by ``model.`` as ``ScalarRewardModel.state_dict()`` gives them. ``extra`` is written as JSON
+    to ``out_dir/reward_model.json``. The tokenizer is saved too. Call on the main process only.
+    """
+    del merge  # see docstring
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wrapped = model.wrapped
+    if state_dict is not None:
+        state_dict = _strip_prefix(state_dict, WRAPPED_ATTR + ".")
+    if wrapped is model.seqcls:  # no peft
+        wrapped.save_pretrained(out_dir, state_dict=state_dict)
+    elif _is_prompt_learning(wrapped):
+        logger.warning("prompt-learning adapters cannot be merged; %s holds the adapter only", out_dir)
+        wrapped.save_pretrained(out_dir, state_dict=state_dict)
+    else:
+        adapter_dir = out_dir / ADAPTER_SUBDIR
+        wrapped.save_pretrained(adapter_dir, state_dict=state_dict)
+        merged = _merged(wrapped, adapter_dir, state_dict)
+        merged.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    if extra is not None:
+        tmp = out_dir / (REWARD_MODEL_FILE + ".tmp")
+        tmp.write_text(json.dumps(extra, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, out_dir / REWARD_MODEL_FILE)
+    return out_dir
