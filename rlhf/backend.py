@@ -199,6 +199,14 @@ class Backend:
             torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
         return float(tensor)
 
+    def gather_objects(self, items: list) -> list:
+        """Concatenation of every process's ``items`` (picklable), on every process."""
+        if self.world_size == 1:
+            return list(items)
+        gathered: list = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, list(items))
+        return [item for part in gathered for item in part]
+
     # ------------------------------------------------------------ state on disk
     def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The model's full state dict on the main process (gathers ZeRO-3 shards; call on all ranks)."""

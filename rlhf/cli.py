@@ -13,7 +13,7 @@ import sys
 # stage name -> (module, config class, one-line description); None = not built yet
 STAGES: dict[str, tuple[str, str, str] | None] = {
     "sft": ("rlhf.stages.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or chat data"),
-    "rm": None,
+    "rm": ("rlhf.stages.rm", "RMConfig", "train a reward model on pairwise, ranked or rated preferences"),
     "ppo": None,
     "dpo": None,
     "pipeline": None,

@@ -158,3 +158,21 @@ def plot_curves(history: list[dict], keys: list[str], path: Path) -> Path | None
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_histogram(values: list[float], path: Path, *, title: str, bins: int = 40) -> Path:
+    """A PNG histogram with a line at 0 (e.g. reward margins: right of 0 = ranked correctly)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6, 3.5))
+    axis.hist(values, bins=bins, color="tab:blue", alpha=0.8)
+    axis.axvline(0.0, color="black", linewidth=1)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

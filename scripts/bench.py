@@ -1,6 +1,7 @@
 """Side-by-side throughput benchmarks against TRL, in one run on one machine.
 
     python scripts/bench.py sft [--model builtin:tiny] [--steps 30] [--batch 8] [--max-length 256] [--repeats 3]
+    python scripts/bench.py rm  [...same options; batch = preference pairs per step]
     python scripts/bench.py import
     python scripts/bench.py data [--records 1000000]
 
@@ -98,15 +99,81 @@ def _trl(args) -> dict:
     return {"step_time_s": statistics.median(times[WARMUP_STEPS:]), "tokens_per_step": tokens}
 
 
+def _pairs(n: int) -> list[dict]:
+    from preference_data.synthetic_prefs import pairwise_records
+
+    return pairwise_records(n, seed=0)
+
+
+def _ours_rm(args) -> dict:
+    from rlhf.config import load_config
+    from rlhf.stages.rm import RMConfig, run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "pairs.jsonl")
+        with open(data, "w") as f:
+            for record in _pairs(args.examples):
+                f.write(json.dumps(record) + "\n")
+        cfg = load_config(RMConfig, None, [
+            f"output_dir={tmp}/out", f"max_steps={args.steps}", f"model.name_or_path={args.model}",
+            f"data.train=[{data}]", "data.eval_fraction=0.01", f"data.max_length={args.max_length}",
+            f"batch.micro_batch_size={args.batch}", "optim.lr=1e-4", "optim.schedule=constant",
+            "tracking.mode=disabled", "tracking.progress=false", "precision.mixed_precision=no",
+        ])
+        run(cfg)
+        rows = [json.loads(line) for line in open(f"{tmp}/out/metrics.jsonl")]
+    steps = [r for r in rows if "step_time_s" in r][WARMUP_STEPS:]
+    return {"step_time_s": statistics.median(r["step_time_s"] for r in steps), "tokens_per_step": 0.0}
+
+
+def _trl_rm(args) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+
+    from rlhf.models import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    data = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": r["prompt"]}],
+         "chosen": [{"role": "assistant", "content": r["chosen"]}],
+         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+        for r in _pairs(args.examples)
+    ])
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            times.append(time.perf_counter() - self.start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = RewardConfig(
+            output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch,
+            learning_rate=1e-4, lr_scheduler_type="constant", max_length=args.max_length, save_strategy="no",
+            report_to="none", logging_steps=10**6, dataloader_num_workers=0, use_cpu=True, bf16=False,
+            disable_tqdm=True, seed=0,
+        )
+        RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                      callbacks=[Timer()]).train()
+    return {"step_time_s": statistics.median(times[WARMUP_STEPS:]), "tokens_per_step": 0.0}
+
+
 def _child(args) -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
-    result = (_ours if args.framework == "ours" else _trl)(args)
+    runners = {("sft", "ours"): _ours, ("sft", "trl"): _trl, ("rm", "ours"): _ours_rm, ("rm", "trl"): _trl_rm}
+    result = runners[(args.what, args.framework)](args)
     result["peak_rss_bytes"] = _peak_rss()
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def _spawn(args, framework: str) -> dict:
-    cmd = [sys.executable, __file__, "sft", "--child", framework, "--model", args.model, "--steps", str(args.steps),
+    cmd = [sys.executable, __file__, args.what, "--child", framework, "--model", args.model, "--steps", str(args.steps),
            "--batch", str(args.batch), "--max-length", str(args.max_length), "--examples", str(args.examples)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
@@ -115,7 +182,7 @@ def _spawn(args, framework: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def bench_sft(args) -> None:
+def bench_training(args) -> None:
     runs: dict[str, list[dict]] = {"ours": [], "trl": []}
     for repeat in range(args.repeats):
         for framework in ("ours", "trl") if repeat % 2 == 0 else ("trl", "ours"):
@@ -130,14 +197,15 @@ def bench_sft(args) -> None:
             "tokens_per_s": tokens / step,
             "peak_rss_mib": statistics.median(r["peak_rss_bytes"] for r in results) / 2**20,
         }
-    print(f"SFT {args.model}: batch {args.batch}, max_length {args.max_length}, fp32, {args.steps} steps "
+    print(f"{args.what.upper()} {args.model}: batch {args.batch}, max_length {args.max_length}, fp32, {args.steps} steps "
           f"({WARMUP_STEPS} warm-up not timed), median of {args.repeats}")
     print(f"{'':8}{'steps/s':>10}{'tokens/s':>12}{'peak RSS MiB':>15}")
     for framework, row in table.items():
         print(f"{framework:8}{row['steps_per_s']:>10.2f}{row['tokens_per_s']:>12.0f}{row['peak_rss_mib']:>15.0f}")
     ours, trl = table["ours"], table["trl"]
-    print(f"ratio ours/trl: steps/s x{ours['steps_per_s'] / trl['steps_per_s']:.2f}, tokens/s "
-          f"x{ours['tokens_per_s'] / trl['tokens_per_s']:.2f}, peak memory x{ours['peak_rss_mib'] / trl['peak_rss_mib']:.2f}")
+    tokens = f", tokens/s x{ours['tokens_per_s'] / trl['tokens_per_s']:.2f}" if trl["tokens_per_s"] else ""
+    print(f"ratio ours/trl: steps/s x{ours['steps_per_s'] / trl['steps_per_s']:.2f}{tokens}, "
+          f"peak memory x{ours['peak_rss_mib'] / trl['peak_rss_mib']:.2f}")
 
 
 def bench_import(args) -> None:
@@ -179,7 +247,7 @@ def bench_data(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["sft", "import", "data"])
+    parser.add_argument("what", choices=["sft", "rm", "import", "data"])
     parser.add_argument("--records", type=int, default=1_000_000, help="data: records in the generated file")
     parser.add_argument("--model", default="builtin:tiny")
     parser.add_argument("--steps", type=int, default=30)
@@ -191,8 +259,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.framework:
         _child(args)
-    elif args.what == "sft":
-        bench_sft(args)
+    elif args.what in ("sft", "rm"):
+        bench_training(args)
     elif args.what == "data":
         bench_data(args)
     else:
