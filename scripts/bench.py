@@ -59,9 +59,23 @@ def _ours(args) -> dict:
     return {"step_time_s": step_time, "tokens_per_step": tokens}
 
 
+def _step_timer(times: list[float]):
+    """A transformers callback appending each optimizer step's duration to ``times``."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            times.append(time.perf_counter() - self.start)
+
+    return StepTimer()
+
+
 def _trl(args) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig as TRLConfig, SFTTrainer
 
     from rlhf.models import resolve_model_path
@@ -75,14 +89,6 @@ def _trl(args) -> dict:
         for r in _examples(args.examples)
     ])
     times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *_, **__):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            times.append(time.perf_counter() - self.start)
-
     with tempfile.TemporaryDirectory() as tmp:
         config = TRLConfig(
             output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch,
@@ -92,7 +98,7 @@ def _trl(args) -> dict:
             disable_tqdm=True, seed=0,
         )
         trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                             callbacks=[Timer()])
+                             callbacks=[_step_timer(times)])
         trainer.train()
         lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
     tokens = statistics.mean(lengths) * args.batch
@@ -128,7 +134,7 @@ def _ours_rm(args) -> dict:
 
 def _trl_rm(args) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     from rlhf.models import resolve_model_path
@@ -144,14 +150,6 @@ def _trl_rm(args) -> dict:
         for r in _pairs(args.examples)
     ])
     times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *_, **__):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            times.append(time.perf_counter() - self.start)
-
     with tempfile.TemporaryDirectory() as tmp:
         config = RewardConfig(
             output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch,
@@ -160,7 +158,7 @@ def _trl_rm(args) -> dict:
             disable_tqdm=True, seed=0,
         )
         RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                      callbacks=[Timer()]).train()
+                      callbacks=[_step_timer(times)]).train()
     return {"step_time_s": statistics.median(times[WARMUP_STEPS:]), "tokens_per_step": 0.0}
 
 
