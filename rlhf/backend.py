@@ -220,6 +220,9 @@ class Backend:
         self.accelerator.load_state(folder)
 
     def end(self) -> None:
+        # Every process reaches the end before the process group is torn down: a process that
+        # destroys it while another still uses it (the main one writing summaries) can abort.
+        self.barrier()
         self.accelerator.end_training()
 
     def peak_memory_bytes(self) -> int:
