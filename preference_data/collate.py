@@ -79,6 +79,7 @@ def tokenize_sft(
     max_length: int,
     truncation: str = "truncate",
     chat_template: bool = True,
+    last_turn_only: bool = False,
 ) -> TokenizedExample:
     """Token ids and labels of one conversation.
 
@@ -89,11 +90,15 @@ def tokenize_sft(
         truncation: 'truncate' keeps the first ``max_length`` tokens (rejects if no target
             token is left); 'reject' rejects any longer example.
         chat_template: render with the tokenizer's chat template (else plain concatenation).
+        last_turn_only: label only the final assistant turn (preference optimisation compares
+            two final replies; earlier assistant turns belong to the prompt).
     Raises:
         TooLong: the example is rejected for its length (the caller quarantines it).
     """
     use_template = chat_template and getattr(tokenizer, "chat_template", None)
     text, spans = (assistant_spans if use_template else _plain_spans)(tokenizer, record.messages)
+    if last_turn_only:
+        spans = spans[-1:]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
     labels = [IGNORE_INDEX] * len(ids)

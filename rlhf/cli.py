@@ -15,7 +15,7 @@ STAGES: dict[str, tuple[str, str, str] | None] = {
     "sft": ("rlhf.stages.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or chat data"),
     "rm": ("rlhf.stages.rm", "RMConfig", "train a reward model on pairwise, ranked or rated preferences"),
     "ppo": None,
-    "dpo": None,
+    "dpo": ("rlhf.stages.dpo", "DPOConfig", "direct preference optimisation (alternative to reward model + PPO)"),
     "pipeline": None,
 }
 DESCRIPTIONS = {

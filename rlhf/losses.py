@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from rlhf.ops import IGNORE_INDEX, shift_labels, token_logprobs
 
@@ -30,3 +31,95 @@ def sft_loss(
     nll_sum = (nll * mask).sum()
     loss = nll_sum / num_target_tokens
     return loss, {"nll_sum": nll_sum.detach(), "tokens": mask.sum().detach()}
+
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    reference_free: bool = False,
+    *,
+    normalizer: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Direct Preference Optimization loss and its IPO / hinge variants, one value per pair.
+
+    With ``h = (pi_c - ref_c) - (pi_r - ref_r)``, the difference of the chosen and rejected
+    log-ratios, the per-pair losses are:
+
+    - ``"sigmoid"`` (DPO, Rafailov et al. 2023): ``-log sigmoid(beta * h)``. A non-zero
+      ``label_smoothing`` ``ls`` gives conservative DPO (cDPO), which assumes each label is
+      flipped with probability ``ls``: ``-(1 - ls) * log sigmoid(beta*h) - ls * log sigmoid(-beta*h)``.
+    - ``"ipo"`` (Azar et al. 2023, Eq. 17): ``(h - 1 / (2 * beta))**2``, beta being the paper's tau.
+      The squared target makes the loss depend on the scale of ``h``: pass length-normalised
+      log-probs (``sequence_logps(..., average=True)``) as the paper's results and TRL do;
+      with summed log-probs the loss grows with the response length.
+    - ``"hinge"`` (SLiC, Zhao et al. 2023): ``relu(1 - beta * h)``.
+
+    Args:
+        policy_chosen_logps: [B] policy log-prob of each chosen response (sum over its tokens,
+            or mean when the caller length-normalises). Gradients flow through these two.
+        policy_rejected_logps: [B] the same for the rejected responses.
+        ref_chosen_logps: [B] reference-model log-probs of the chosen responses; constants
+            (detached here); ignored, and may be None, when ``reference_free``.
+        ref_rejected_logps: [B] the same for the rejected responses.
+        beta: scalar, strength of the implicit KL constraint (tau for IPO).
+        loss_type: one of ``DPO_LOSS_TYPES``.
+        label_smoothing: cDPO label-flip probability in [0, 0.5]; sigmoid loss only.
+        reference_free: treat the reference log-probs as 0 (a uniform reference).
+        normalizer: scalar, number of pairs in the global batch (all micro-batches and processes).
+            When given, the loss is ``sum / normalizer`` so that gradients do not depend on how
+            the step is split; otherwise the mean over this batch.
+    Returns:
+        loss: scalar.
+        metrics (detached, means over this batch): ``rewards_chosen`` and ``rewards_rejected``
+            (implicit rewards ``beta * log-ratio``), ``margins`` (their difference), ``accuracy``
+            (fraction of pairs whose chosen reward is higher), ``logps_chosen``, ``logps_rejected``
+            (policy log-probs).
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
+    if not 0.0 <= label_smoothing <= 0.5:
+        raise ValueError(f"label_smoothing must lie in [0, 0.5], got {label_smoothing}")
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {loss_type!r}")
+
+    if reference_free:
+        chosen_logratios = policy_chosen_logps
+        rejected_logratios = policy_rejected_logps
+    else:
+        if ref_chosen_logps is None or ref_rejected_logps is None:
+            raise ValueError("reference log-probs are required unless reference_free=True")
+        # The reference is a fixed anchor: even if the caller forgot no_grad, no gradient reaches it.
+        chosen_logratios = policy_chosen_logps - ref_chosen_logps.detach()
+        rejected_logratios = policy_rejected_logps - ref_rejected_logps.detach()
+    h = chosen_logratios - rejected_logratios
+
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * h)
+        if label_smoothing:
+            losses = (1 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:  # hinge
+        losses = torch.relu(1 - beta * h)
+
+    loss = losses.mean() if normalizer is None else losses.sum() / normalizer
+
+    rewards_chosen = beta * chosen_logratios.detach()
+    rewards_rejected = beta * rejected_logratios.detach()
+    metrics = {
+        "rewards_chosen": rewards_chosen.mean(),
+        "rewards_rejected": rewards_rejected.mean(),
+        "margins": (rewards_chosen - rewards_rejected).mean(),
+        "accuracy": (rewards_chosen > rewards_rejected).float().mean(),
+        "logps_chosen": policy_chosen_logps.detach().mean(),
+        "logps_rejected": policy_rejected_logps.detach().mean(),
+    }
+    return loss, metrics

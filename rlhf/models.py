@@ -315,3 +315,16 @@ def _merged_copy(model, adapter_dir: Path, state_dict: Optional[dict]):
     rebuilt = type(model)(fresh, copy.deepcopy(peft_config), adapter_name=model.active_adapter)
     rebuilt.load_state_dict(state_dict)
     return rebuilt.merge_and_unload()
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Sets every dropout probability to 0 (RL and preference optimisation compare log-probs of
+    the policy with a reference, which must be deterministic)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    for name in ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop"):
+        config = getattr(model, "config", None)
+        if config is not None and isinstance(getattr(config, name, None), float):
+            setattr(config, name, 0.0)
+    return model

@@ -62,3 +62,19 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     picked = torch.gather(logits, -1, safe_targets.unsqueeze(-1)).squeeze(-1)
     logprobs = picked - torch.logsumexp(logits, dim=-1)
     return torch.where(targets == IGNORE_INDEX, torch.zeros_like(logprobs), logprobs)
+
+
+def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """Log-probability of each sequence: the sum (or mean) of its token log-probs under ``mask``.
+
+    Args:
+        token_logps: [B, T] per-token log-probs (e.g. from ``token_logprobs``).
+        mask: [B, T] true (or 1) at the tokens that count, e.g. the response tokens.
+        average: mean over the masked tokens instead of the sum (0 for an empty mask); the
+            length-normalised form that IPO and SimPO-style losses expect.
+    Returns:
+        [B] sequence log-probs, in the dtype of ``token_logps``.
+    """
+    if average:
+        return masked_mean(token_logps, mask, dim=-1)
+    return (token_logps * mask.to(token_logps.dtype)).sum(-1)

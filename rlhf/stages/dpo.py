@@ -1,0 +1,322 @@
+"""Direct preference optimisation: setup -> (reference log-probs) -> loop -> save.
+
+Chosen and rejected responses go through the policy in one concatenated forward pass; only the
+final assistant reply's tokens count (the prompt, including earlier turns, is masked out).
+The reference is a frozen copy, the LoRA base with adapters disabled (no second copy), or
+log-probs precomputed once with the initial policy before any update and cached in the output
+folder (the default; it works under every engine, ZeRO-3 included, and survives resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+
+from preference_data import transforms
+from preference_data.collate import TooLong, collate_rows, single_row, tokenize_sft
+from preference_data.records import SFTRecord
+from preference_data.sampling import batched, mixture_stream
+from preference_data.validate_preferences import load_kind
+from rlhf.checkpoint import save_checkpoint
+from rlhf.config import param
+from rlhf.losses import dpo_loss
+from rlhf.models import apply_adaptation, count_parameters, disable_dropout, load_causal_lm, load_tokenizer
+from rlhf.ops import shift_labels, token_logprobs
+from rlhf.optim import build_optimizer
+from rlhf.sections import BatchConfig, CheckpointConfig, ModelConfig, OptimConfig, PrecisionConfig, TrackingConfig
+from rlhf.stages import common
+from rlhf.stages.sft import save_final_model
+
+
+@dataclass(frozen=True)
+class DPODataConfig:
+    """Preference pairs for DPO (ranked / rated records are expanded to pairs)."""
+
+    train: list[str] = param(default_factory=lambda: ["builtin:judged-pairwise?n=2000"], doc="Training files.")
+    kind: Literal["pairwise", "ranked", "rated"] = param("pairwise", "Record kind of the files.")
+    adapter: Optional[str] = param(None, "Source format adapter (e.g. 'hh-rlhf').")
+    field_map: dict[str, str] = param(default_factory=dict, doc="Canonical field -> column name.")
+    eval: list[str] = param(default_factory=list, doc="Evaluation files (empty = hold out eval_fraction by prompt).")
+    eval_fraction: float = param(0.1, "Share of prompts held out when `eval` is empty.")
+    max_length: int = param(512, "Longest prompt + response in tokens (longer pairs are truncated on the right).")
+    chat_template: bool = param(True, "Render with the tokenizer's chat template (as SFT does).")
+    strict: bool = param(False, "Fail on the first rejected record.")
+
+
+@dataclass(frozen=True)
+class DPOLossConfig:
+    """The DPO objective."""
+
+    beta: float = param(0.1, "Strength of the KL constraint to the reference (inverse temperature).")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = param("sigmoid", "DPO, IPO or SLiC-style hinge.")
+    label_smoothing: float = param(0.0, "sigmoid: assumed label-noise rate (conservative DPO).")
+    length_normalize: bool = param(False, "Average log-probs over response tokens instead of summing.")
+    reference: Literal["precompute", "copy", "lora_disabled", "none"] = param(
+        "precompute",
+        "precompute: initial policy's log-probs cached once; copy: frozen copy in memory; "
+        "lora_disabled: the policy with adapters off (LoRA only); none: reference-free.",
+    )
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Direct preference optimisation of a causal LM."""
+
+    output_dir: str = param("runs/dpo", "Folder for the model, checkpoints, logs and plots.")
+    seed: int = param(0, "Seed for data order.")
+    max_steps: int = param(200, "Optimizer steps (<= 0: derive from `epochs`).")
+    epochs: float = param(1.0, "Passes over the training pairs, used when max_steps <= 0.")
+    eval_steps: int = param(0, "Evaluate every N steps (0 = only at the end).")
+    model: ModelConfig = param(default_factory=ModelConfig, doc="Policy (and reference) initialisation, e.g. the SFT model.")
+    data: DPODataConfig = param(default_factory=DPODataConfig, doc="Data.")
+    dpo: DPOLossConfig = param(default_factory=DPOLossConfig, doc="Objective.")
+    optim: OptimConfig = param(default_factory=OptimConfig, doc="Optimiser.")
+    batch: BatchConfig = param(default_factory=BatchConfig, doc="Batch sizes (in pairs).")
+    precision: PrecisionConfig = param(default_factory=PrecisionConfig, doc="Numerics.")
+    checkpoint: CheckpointConfig = param(default_factory=CheckpointConfig, doc="Checkpoints.")
+    tracking: TrackingConfig = param(default_factory=TrackingConfig, doc="Logging.")
+
+
+@dataclass(frozen=True)
+class Pair:
+    chosen: object  # preference_data.collate.Row
+    rejected: object
+    index: int  # position in its split, the key of the cached reference log-probs
+
+
+def _pairs(records, tokenizer, data: DPODataConfig, report) -> list[Pair]:
+    pairs = []
+    for record in records:
+        prompt = [{"role": "user", "content": record.prompt}] if isinstance(record.prompt, str) else list(record.prompt)
+        try:
+            rows = [
+                single_row(tokenize_sft(SFTRecord(tuple(prompt) + ({"role": "assistant", "content": reply},),
+                                                  record.source, record.line),
+                                        tokenizer, max_length=data.max_length, chat_template=data.chat_template,
+                                        last_turn_only=True))
+                for reply in (record.chosen, record.rejected)
+            ]
+        except TooLong as err:
+            report.reject_accepted(record, str(err))
+            continue
+        pairs.append(Pair(rows[0], rows[1], len(pairs)))
+    return pairs
+
+
+def _as_pairs(records, kind: str):
+    if kind == "ranked":
+        return transforms.ranked_to_pairwise(records)[0]
+    if kind == "rated":
+        return transforms.rated_to_pairwise(records)[0]
+    return records
+
+
+def _load_data(cfg: DPOConfig, tokenizer, backend):
+    data = cfg.data
+    quarantine = str(Path(cfg.output_dir) / "quarantine.jsonl") if backend.is_main else None
+    records, report = load_kind(list(data.train), data.kind, field_map=data.field_map or None,
+                                quarantine_path=quarantine, strict=data.strict, adapter=data.adapter)
+    if data.eval:
+        eval_records, _ = load_kind(list(data.eval), data.kind, field_map=data.field_map or None,
+                                    quarantine_path=None, strict=data.strict, adapter=data.adapter)
+    else:
+        records, eval_records = transforms.split_by_prompt(records, data.eval_fraction, cfg.seed)
+    train = _pairs(_as_pairs(records, data.kind), tokenizer, data, report)
+    evaluation = _pairs(_as_pairs(eval_records, data.kind), tokenizer, data, report)
+    report.quarantine.close()
+    if not train:
+        raise ValueError(f"no training pair left\n{report.summary()}")
+    return train, evaluation, report
+
+
+def _sequence_logps(model, pairs: list[Pair], pad_id: int, device, length_normalize: bool):
+    """Per-sequence log-probs of the final replies: chosen [B] and rejected [B], one forward."""
+    batch = collate_rows([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits
+    targets = shift_labels(batch["labels"].to(device))
+    token_logps = token_logprobs(logits, targets)
+    mask = (targets != -100).float()
+    logps = token_logps.sum(-1)
+    if length_normalize:
+        logps = logps / mask.sum(-1).clamp(min=1)
+    n = len(pairs)
+    return logps[:n], logps[n:], int(mask.sum())
+
+
+@torch.no_grad()
+def _reference_logps(model, pairs, backend, micro: int, pad_id: int, length_normalize: bool) -> torch.Tensor:
+    """[N, 2] reference log-probs of every pair, computed with ``model`` on all processes."""
+    model.eval()
+    mine = list(range(backend.rank, len(pairs), backend.world_size))
+    passes = int(backend.max_over_processes(-(-len(mine) // micro)))  # equal passes for ZeRO-3
+    rows = []
+    for p in range(passes):
+        chunk = mine[p * micro : (p + 1) * micro]
+        chosen, rejected, _ = _sequence_logps(model, [pairs[i] for i in chunk] or pairs[:1], pad_id,
+                                              backend.device, length_normalize)
+        rows += [(i, float(c), float(r)) for i, c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
+    model.train()
+    table = torch.zeros(len(pairs), 2, dtype=torch.float64)
+    for i, c, r in backend.gather_objects(rows):
+        table[i] = torch.tensor([c, r], dtype=torch.float64)
+    return table
+
+
+def _reference_cache(cfg: DPOConfig, model, train, evaluation, backend, pad_id: int) -> dict[str, torch.Tensor]:
+    """Reference log-probs from the initial policy, cached in the output folder for resumes."""
+    path = Path(cfg.output_dir) / "reference_logps.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    micro, normalize = cfg.batch.micro_batch_size, cfg.dpo.length_normalize
+    cache = {"train": _reference_logps(model, train, backend, micro, pad_id, normalize),
+             "eval": _reference_logps(model, evaluation, backend, micro, pad_id, normalize)}
+    if backend.is_main:
+        torch.save(cache, str(path) + ".tmp")
+        Path(str(path) + ".tmp").replace(path)
+    backend.barrier()
+    return cache
+
+
+def _reference_for(pairs, split: str, cfg: DPOConfig, cache, reference_model, policy, backend, pad_id: int):
+    """Reference log-probs (chosen [B], rejected [B]) for these pairs by the configured method."""
+    device = backend.device
+    if cfg.dpo.reference == "precompute":
+        table = cache[split][[p.index for p in pairs]].to(device, torch.float32)
+        return table[:, 0], table[:, 1]
+    if cfg.dpo.reference == "none":
+        zeros = torch.zeros(len(pairs), device=device)
+        return zeros, zeros
+    with torch.no_grad():
+        if cfg.dpo.reference == "copy":
+            chosen, rejected, _ = _sequence_logps(reference_model, pairs, pad_id, device, cfg.dpo.length_normalize)
+        else:
+            with backend.unwrap(policy).disable_adapter():
+                chosen, rejected, _ = _sequence_logps(policy, pairs, pad_id, device, cfg.dpo.length_normalize)
+    return chosen.float(), rejected.float()
+
+
+def _step_loss(cfg, policy, pairs, split, cache, reference_model, backend, pad_id, normalizer):
+    chosen, rejected, tokens = _sequence_logps(policy, pairs, pad_id, backend.device, cfg.dpo.length_normalize)
+    ref_chosen, ref_rejected = _reference_for(pairs, split, cfg, cache, reference_model, policy, backend, pad_id)
+    loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=cfg.dpo.beta,
+                             loss_type=cfg.dpo.loss_type, label_smoothing=cfg.dpo.label_smoothing,
+                             reference_free=cfg.dpo.reference == "none", normalizer=normalizer)
+    return loss, metrics, tokens
+
+
+METRICS = ("rewards_chosen", "rewards_rejected", "margins", "accuracy")
+
+
+@torch.no_grad()
+def evaluate(cfg, policy, pairs, cache, reference_model, backend, pad_id) -> dict:
+    if not pairs:
+        return {}
+    policy.eval()
+    micro = cfg.batch.micro_batch_size
+    mine = list(range(backend.rank, len(pairs), backend.world_size))
+    passes = int(backend.max_over_processes(-(-len(mine) // micro)))
+    sums = torch.zeros(1 + len(METRICS), dtype=torch.float64)
+    for p in range(passes):
+        chunk = [pairs[i] for i in mine[p * micro : (p + 1) * micro]]
+        loss, metrics, _ = _step_loss(cfg, policy, chunk or pairs[:1], "eval", cache, reference_model, backend,
+                                      pad_id, None)
+        weight = len(chunk)
+        sums += torch.tensor([float(loss) * weight] + [float(metrics[k]) * weight for k in METRICS])
+    policy.train()
+    totals = backend.all_reduce_sum(sums).tolist()
+    return {f"eval_{k}": v / len(pairs) for k, v in zip(("loss",) + METRICS, totals)}
+
+
+def run(cfg: DPOConfig) -> dict:
+    started = time.time()
+    backend = common.start(cfg)
+
+    # Setup: policy (dropout off), reference, data, optimizer, resume.
+    tokenizer = load_tokenizer(cfg.model)
+    policy = disable_dropout(apply_adaptation(load_causal_lm(cfg.model), cfg.model.adapt))
+    if cfg.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.dpo.reference == "lora_disabled" and cfg.model.adapt.strategy not in ("lora", "qlora"):
+        raise ValueError("dpo.reference=lora_disabled needs model.adapt.strategy=lora (or qlora)")
+    reference_model = None
+    if cfg.dpo.reference == "copy":
+        reference_model = copy.deepcopy(policy).eval().requires_grad_(False).to(backend.device)
+    trainable, total = count_parameters(policy)
+    train, evaluation, report = _load_data(cfg, tokenizer, backend)
+    global_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * backend.world_size
+    max_steps = common.total_steps(cfg, len(train), global_batch)
+    optimizer, scheduler = build_optimizer(policy, cfg.optim, max_steps)
+    policy, optimizer = backend.prepare(policy, optimizer, scheduler)
+    pad_id = tokenizer.pad_token_id
+    cache = None
+    if cfg.dpo.reference == "precompute":  # before any update (and before resume loads weights)
+        cache = _reference_cache(cfg, policy, train, evaluation, backend, pad_id)
+    start_step, resume = common.resume(cfg, backend)
+    tracker = common.tracker(cfg, backend, steps=max_steps, start_step=start_step, stage="dpo")
+    tracker.write(report.summary())
+    tracker.write(f"dpo: {len(train)} training pairs, {len(evaluation)} eval pairs; reference {cfg.dpo.reference}; "
+                  f"{backend.world_size} process(es), {backend.distributed_type}; trainable {trainable:,} / {total:,}; "
+                  f"{max_steps} steps of {global_batch} pairs" + (f"; resumed at {start_step}" if resume else ""))
+
+    # Loop: every process walks the same global batches of pairs and takes its own slice.
+    batches = batched((train[i] for _, i in mixture_stream([len(train)], None, cfg.seed)), global_batch)
+    for _ in range(start_step):
+        next(batches)
+    micro, per_process = cfg.batch.micro_batch_size, cfg.batch.micro_batch_size * cfg.batch.grad_accum
+    policy.train()
+    for step in range(start_step + 1, max_steps + 1):
+        step_start = time.time()
+        pairs = next(batches)
+        mine = pairs[backend.rank * per_process : (backend.rank + 1) * per_process]
+        sums = torch.zeros(2 + len(METRICS), dtype=torch.float64)  # loss, tokens, metrics
+        for m in range(cfg.batch.grad_accum):
+            chunk = mine[m * micro : (m + 1) * micro]
+            with backend.accumulate(policy):
+                loss, metrics, tokens = _step_loss(cfg, policy, chunk, "train", cache, reference_model, backend,
+                                                   pad_id, normalizer=len(pairs))
+                backend.backward(loss)
+            sums += torch.tensor([float(loss.detach()), tokens] + [float(metrics[k]) * len(chunk) for k in METRICS])
+        grad_norm = backend.optimizer_step(policy, optimizer)
+        scheduler.step()
+        totals = backend.all_reduce_sum(sums).tolist()
+        elapsed = time.time() - step_start
+        if step % cfg.tracking.log_every == 0 or step == max_steps or step == 1:
+            tracker.log(step, {"loss": totals[0], "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                               **{k: v / len(pairs) for k, v in zip(METRICS, totals[2:])},
+                               "tokens_per_s": totals[1] / max(elapsed, 1e-9), "step_time_s": elapsed})
+        if cfg.eval_steps and step % cfg.eval_steps == 0 and step != max_steps:
+            tracker.log(step, evaluate(cfg, policy, evaluation, cache, reference_model, backend, pad_id))
+        if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != max_steps:
+            save_checkpoint(backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last)
+        tracker.advance()
+
+    # Save: checkpoint, eval, and the policy as a save_pretrained folder.
+    save_checkpoint(backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last)
+    last_eval = evaluate(cfg, policy, evaluation, cache, reference_model, backend, pad_id)
+    if last_eval:
+        tracker.log(max_steps, last_eval)
+    model_dir = save_final_model(backend, policy, tokenizer, Path(cfg.output_dir) / "model", merge=cfg.model.adapt.merge)
+    history = [r for r in tracker.history if "loss" in r]
+    summary = {
+        "stage": "dpo",
+        "steps": max_steps,
+        "first_loss": history[0]["loss"] if history and start_step == 0 else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        **last_eval,
+        "model_dir": str(model_dir),
+        "reference": cfg.dpo.reference,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "global_batch_pairs": global_batch,
+        "data": report.to_dict(),
+        **common.run_facts(backend, started),
+    }
+    tracker.finish(summary, plot_keys=("loss", "accuracy", "margins", "eval_accuracy"))
+    backend.end()
+    return summary
