@@ -13,7 +13,6 @@ render a (prompt, response) pair with the very same code: :func:`render_for_rewa
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -24,7 +23,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from rlhf.models import apply_adaptation, quantization_config_for, resolve_model_path
+from rlhf.models import apply_adaptation, merged_copy, quantization_config_for, resolve_model_path
 from rlhf.sections import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -275,30 +274,6 @@ def _strip_prefix(state_dict: dict, prefix: str) -> dict:
     return state_dict
 
 
-def _merged(peft_model: nn.Module, adapter_dir: Path, state_dict: Optional[dict]) -> nn.Module:
-    """The adapter merged into a copy of the base, leaving the training model untouched."""
-    base = peft_model.get_base_model()
-    peft_config = peft_model.peft_config[peft_model.active_adapter]
-    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
-        # Merging into quantised weights would round the update away: reload the base unquantised.
-        from peft import PeftModel
-        from transformers import AutoModelForSequenceClassification
-
-        fresh = AutoModelForSequenceClassification.from_pretrained(
-            peft_config.base_model_name_or_path, num_labels=1, dtype=torch.bfloat16
-        )
-        fresh.config.pad_token_id = base.config.pad_token_id
-        return PeftModel.from_pretrained(fresh, adapter_dir).merge_and_unload()
-    if state_dict is None:
-        return copy.deepcopy(peft_model).merge_and_unload()
-    # ZeRO-3 shards cannot be deep-copied into a whole model: rebuild one and fill it from the
-    # gathered weights. Calling the class (not from_config) keeps DeepSpeed's zero.Init out of it.
-    fresh = type(base)(copy.deepcopy(base.config)).to(base.dtype)
-    rebuilt = type(peft_model)(fresh, copy.deepcopy(peft_config), adapter_name=peft_model.active_adapter)
-    rebuilt.load_state_dict(state_dict)
-    return rebuilt.merge_and_unload()
-
-
 def save_reward_model(
     model: ScalarRewardModel,
     tokenizer,
@@ -333,7 +308,8 @@ def save_reward_model(
     else:
         adapter_dir = out_dir / ADAPTER_SUBDIR
         wrapped.save_pretrained(adapter_dir, state_dict=state_dict)
-        merged = _merged(wrapped, adapter_dir, state_dict)
+        merged = merged_copy(wrapped, adapter_dir, state_dict, num_labels=1)
+        merged.config.pad_token_id = model.config.pad_token_id
         merged.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from collections import Counter
 
@@ -126,7 +125,7 @@ def _percentiles(values: list[int]) -> dict:
 def _stats(args) -> int:
     from preference_data.pii import scrub_record
     from preference_data.records import prompt_key
-    from preference_data.transforms import dedup
+    from preference_data.splits import dedup
 
     records, report = _load(args, args.paths, dedup=False)
     words = lambda text: len(text.split())  # noqa: E731
@@ -156,7 +155,7 @@ def _stats(args) -> int:
 
 
 def _split(args) -> int:
-    from preference_data.transforms import split_by_prompt
+    from preference_data.splits import split_by_prompt
 
     records, report = _load(args, [args.input])
     train, evaluation = split_by_prompt(records, args.eval_fraction, args.seed)

@@ -284,7 +284,7 @@ def save_model(
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     if merge and isinstance(model, PeftModel):
-        merged = _merged_copy(model, out_dir, state_dict)
+        merged = merged_copy(model, out_dir, state_dict)
         if merged is not None:
             merged.save_pretrained(out_dir / "merged")
             if tokenizer is not None:
@@ -292,8 +292,12 @@ def save_model(
     return out_dir
 
 
-def _merged_copy(model, adapter_dir: Path, state_dict: Optional[dict]):
-    """Adapter merged into the base, built apart from ``model`` so that training goes on untouched."""
+def merged_copy(model, adapter_dir: Path, state_dict: Optional[dict] = None, **reload_kwargs):
+    """Adapter merged into the base, built apart from ``model`` so that training goes on untouched.
+
+    Returns None for prompt-learning adapters (nothing to merge). ``reload_kwargs`` go to
+    ``from_pretrained`` when a quantised base must be reloaded unquantised (e.g. ``num_labels``).
+    """
     from peft import PeftModel
 
     peft_config = model.peft_config[model.active_adapter]
@@ -303,9 +307,7 @@ def _merged_copy(model, adapter_dir: Path, state_dict: Optional[dict]):
     base = model.get_base_model()
     if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
         # Merging into quantised weights would round the update away: reload the base unquantised.
-        from transformers import AutoModelForCausalLM
-
-        fresh = AutoModelForCausalLM.from_pretrained(peft_config.base_model_name_or_path, dtype=torch.bfloat16)
+        fresh = type(base).from_pretrained(peft_config.base_model_name_or_path, dtype=torch.bfloat16, **reload_kwargs)
         return PeftModel.from_pretrained(fresh, adapter_dir).merge_and_unload()
     if state_dict is None:
         return copy.deepcopy(model).merge_and_unload()

@@ -107,3 +107,23 @@ class PrecisionConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = param(
         "auto", "'auto' = bf16 on a GPU that supports it, else full precision."
     )
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Keys every stage has, so `output_dir=... max_steps=...` work the same way for each.
+
+    A stage's config adds its own sections (data, objective) and may change these defaults.
+    """
+
+    output_dir: str = param("runs/stage", "Folder for the model, checkpoints, logs and plots.")
+    seed: int = param(0, "Seed for data order, initialisation and sampling.")
+    max_steps: int = param(100, "Optimizer steps (<= 0: derive from `epochs`).")
+    epochs: float = param(1.0, "Passes over the training data, used when max_steps <= 0.")
+    eval_steps: int = param(0, "Evaluate every N steps (0 = only at the end).")
+    model: ModelConfig = param(default_factory=ModelConfig, doc="Model to start from.")
+    optim: OptimConfig = param(default_factory=OptimConfig, doc="Optimiser.")
+    batch: BatchConfig = param(default_factory=BatchConfig, doc="Batch sizes (rows, groups or pairs).")
+    precision: PrecisionConfig = param(default_factory=PrecisionConfig, doc="Numerics.")
+    checkpoint: CheckpointConfig = param(default_factory=CheckpointConfig, doc="Checkpoints.")
+    tracking: TrackingConfig = param(default_factory=TrackingConfig, doc="Logging.")

@@ -36,24 +36,34 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _ours(args) -> dict:
-    from rlhf.config import load_config
-    from rlhf.stages.sft import SFTConfig, run
+def _run_ours(stage: str, args, records: list[dict], *extra: str) -> list[dict]:
+    """Runs our stage on ``records`` with the benchmark settings; its timed metrics rows."""
+    import importlib
 
+    from rlhf.cli import STAGES
+    from rlhf.config import load_config
+
+    module_name, class_name, _ = STAGES[stage]
+    module = importlib.import_module(module_name)
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "train.jsonl")
         with open(data, "w") as f:
-            for record in _examples(args.examples):
-                f.write(json.dumps({"prompt": record["prompt"], "completion": record["completion"]}) + "\n")
-        cfg = load_config(SFTConfig, None, [
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        cfg = load_config(getattr(module, class_name), None, [
             f"output_dir={tmp}/out", f"max_steps={args.steps}", f"model.name_or_path={args.model}",
-            f"data.train=[{data}]", "data.eval_fraction=0", f"data.max_length={args.max_length}",
+            f"data.train=[{data}]", f"data.max_length={args.max_length}",
             f"batch.micro_batch_size={args.batch}", "optim.lr=1e-4", "optim.schedule=constant",
-            "tracking.mode=disabled", "tracking.progress=false", "precision.mixed_precision=no",
+            "tracking.mode=disabled", "tracking.progress=false", "precision.mixed_precision=no", *extra,
         ])
-        run(cfg)
+        module.run(cfg)
         rows = [json.loads(line) for line in open(f"{tmp}/out/metrics.jsonl")]
-    steps = [r for r in rows if "step_time_s" in r][WARMUP_STEPS:]
+    return [r for r in rows if "step_time_s" in r][WARMUP_STEPS:]
+
+
+def _ours(args) -> dict:
+    records = [{"prompt": r["prompt"], "completion": r["completion"]} for r in _examples(args.examples)]
+    steps = _run_ours("sft", args, records, "data.eval_fraction=0")
     step_time = statistics.median(r["step_time_s"] for r in steps)
     tokens = statistics.mean(r["tokens_per_s"] * r["step_time_s"] for r in steps)
     return {"step_time_s": step_time, "tokens_per_step": tokens}
@@ -112,23 +122,7 @@ def _pairs(n: int) -> list[dict]:
 
 
 def _ours_rm(args) -> dict:
-    from rlhf.config import load_config
-    from rlhf.stages.rm import RMConfig, run
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "pairs.jsonl")
-        with open(data, "w") as f:
-            for record in _pairs(args.examples):
-                f.write(json.dumps(record) + "\n")
-        cfg = load_config(RMConfig, None, [
-            f"output_dir={tmp}/out", f"max_steps={args.steps}", f"model.name_or_path={args.model}",
-            f"data.train=[{data}]", "data.eval_fraction=0.01", f"data.max_length={args.max_length}",
-            f"batch.micro_batch_size={args.batch}", "optim.lr=1e-4", "optim.schedule=constant",
-            "tracking.mode=disabled", "tracking.progress=false", "precision.mixed_precision=no",
-        ])
-        run(cfg)
-        rows = [json.loads(line) for line in open(f"{tmp}/out/metrics.jsonl")]
-    steps = [r for r in rows if "step_time_s" in r][WARMUP_STEPS:]
+    steps = _run_ours("rm", args, _pairs(args.examples), "data.eval_fraction=0.01")
     return {"step_time_s": statistics.median(r["step_time_s"] for r in steps), "tokens_per_step": 0.0}
 
 

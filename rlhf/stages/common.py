@@ -7,8 +7,9 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
+from preference_data.sampling import batched, mixture_stream
 from rlhf.backend import Backend
 from rlhf.checkpoint import load_checkpoint, resolve_resume
 from rlhf.config import save_config, to_dict
@@ -87,3 +88,37 @@ def write_folder_atomically(backend: Backend, folder: Path, write: Callable[[Pat
         os.replace(tmp, folder)
     backend.barrier()
     return folder
+
+
+def shuffled_stream(items: Sequence, seed: int) -> Iterator:
+    """``items`` in an endless seeded order, reshuffled every epoch."""
+    return (items[i] for _, i in mixture_stream([len(items)], None, seed))
+
+
+def global_batches(stream: Iterator, global_batch: int, start_step: int) -> Iterator[list]:
+    """The run's global batches (the same on every process) from step ``start_step + 1`` on.
+
+    The order is a pure function of the seed, so a resumed run regenerates it and skips ahead.
+    """
+    batches = batched(stream, global_batch)
+    for _ in range(start_step):
+        next(batches)
+    return batches
+
+
+def micro_batches(batch: list, backend: Backend, micro_batch_size: int, grad_accum: int) -> list[list]:
+    """This process's slice of a global batch, cut into its ``grad_accum`` micro-batches."""
+    per_process = micro_batch_size * grad_accum
+    mine = batch[backend.rank * per_process : (backend.rank + 1) * per_process]
+    return [mine[m * micro_batch_size : (m + 1) * micro_batch_size] for m in range(grad_accum)]
+
+
+def eval_shards(n: int, backend: Backend, micro_batch_size: int) -> list[list[int]]:
+    """This process's share of ``n`` eval items as micro-batches of indices.
+
+    Every process gets the same number of micro-batches (some possibly empty): under ZeRO-3 each
+    forward pass gathers weights collectively, so a process that stopped early would hang the others.
+    """
+    mine = list(range(backend.rank, n, backend.world_size))
+    passes = int(backend.max_over_processes(math.ceil(len(mine) / micro_batch_size)))
+    return [mine[p * micro_batch_size : (p + 1) * micro_batch_size] for p in range(passes)]

@@ -18,9 +18,9 @@ from typing import Literal, Optional
 import torch
 
 from preference_data import transforms
+from preference_data.splits import split_by_prompt
 from preference_data.collate import TooLong, collate_rows, single_row, tokenize_sft
 from preference_data.records import SFTRecord
-from preference_data.sampling import batched, mixture_stream
 from preference_data.validate_preferences import load_kind
 from rlhf.checkpoint import save_checkpoint
 from rlhf.config import param
@@ -28,7 +28,7 @@ from rlhf.losses import dpo_loss
 from rlhf.models import apply_adaptation, count_parameters, disable_dropout, load_causal_lm, load_tokenizer
 from rlhf.ops import shift_labels, token_logprobs
 from rlhf.optim import build_optimizer
-from rlhf.sections import BatchConfig, CheckpointConfig, ModelConfig, OptimConfig, PrecisionConfig, TrackingConfig
+from rlhf.sections import StageConfig
 from rlhf.stages import common
 from rlhf.stages.sft import save_final_model
 
@@ -64,22 +64,13 @@ class DPOLossConfig:
 
 
 @dataclass(frozen=True)
-class DPOConfig:
-    """Direct preference optimisation of a causal LM."""
+class DPOConfig(StageConfig):
+    """Direct preference optimisation of a causal LM (batch sizes count pairs)."""
 
     output_dir: str = param("runs/dpo", "Folder for the model, checkpoints, logs and plots.")
-    seed: int = param(0, "Seed for data order.")
     max_steps: int = param(200, "Optimizer steps (<= 0: derive from `epochs`).")
-    epochs: float = param(1.0, "Passes over the training pairs, used when max_steps <= 0.")
-    eval_steps: int = param(0, "Evaluate every N steps (0 = only at the end).")
-    model: ModelConfig = param(default_factory=ModelConfig, doc="Policy (and reference) initialisation, e.g. the SFT model.")
     data: DPODataConfig = param(default_factory=DPODataConfig, doc="Data.")
     dpo: DPOLossConfig = param(default_factory=DPOLossConfig, doc="Objective.")
-    optim: OptimConfig = param(default_factory=OptimConfig, doc="Optimiser.")
-    batch: BatchConfig = param(default_factory=BatchConfig, doc="Batch sizes (in pairs).")
-    precision: PrecisionConfig = param(default_factory=PrecisionConfig, doc="Numerics.")
-    checkpoint: CheckpointConfig = param(default_factory=CheckpointConfig, doc="Checkpoints.")
-    tracking: TrackingConfig = param(default_factory=TrackingConfig, doc="Logging.")
 
 
 @dataclass(frozen=True)
@@ -125,7 +116,7 @@ def _load_data(cfg: DPOConfig, tokenizer, backend):
         eval_records, _ = load_kind(list(data.eval), data.kind, field_map=data.field_map or None,
                                     quarantine_path=None, strict=data.strict, adapter=data.adapter)
     else:
-        records, eval_records = transforms.split_by_prompt(records, data.eval_fraction, cfg.seed)
+        records, eval_records = split_by_prompt(records, data.eval_fraction, cfg.seed)
     train = _pairs(_as_pairs(records, data.kind), tokenizer, data, report)
     evaluation = _pairs(_as_pairs(eval_records, data.kind), tokenizer, data, report)
     report.quarantine.close()
@@ -153,11 +144,8 @@ def _sequence_logps(model, pairs: list[Pair], pad_id: int, device, length_normal
 def _reference_logps(model, pairs, backend, micro: int, pad_id: int, length_normalize: bool) -> torch.Tensor:
     """[N, 2] reference log-probs of every pair, computed with ``model`` on all processes."""
     model.eval()
-    mine = list(range(backend.rank, len(pairs), backend.world_size))
-    passes = int(backend.max_over_processes(-(-len(mine) // micro)))  # equal passes for ZeRO-3
     rows = []
-    for p in range(passes):
-        chunk = mine[p * micro : (p + 1) * micro]
+    for chunk in common.eval_shards(len(pairs), backend, micro):
         chosen, rejected, _ = _sequence_logps(model, [pairs[i] for i in chunk] or pairs[:1], pad_id,
                                               backend.device, length_normalize)
         rows += [(i, float(c), float(r)) for i, c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
@@ -219,11 +207,9 @@ def evaluate(cfg, policy, pairs, cache, reference_model, backend, pad_id) -> dic
         return {}
     policy.eval()
     micro = cfg.batch.micro_batch_size
-    mine = list(range(backend.rank, len(pairs), backend.world_size))
-    passes = int(backend.max_over_processes(-(-len(mine) // micro)))
     sums = torch.zeros(1 + len(METRICS), dtype=torch.float64)
-    for p in range(passes):
-        chunk = [pairs[i] for i in mine[p * micro : (p + 1) * micro]]
+    for indices in common.eval_shards(len(pairs), backend, micro):
+        chunk = [pairs[i] for i in indices]
         loss, metrics, _ = _step_loss(cfg, policy, chunk or pairs[:1], "eval", cache, reference_model, backend,
                                       pad_id, None)
         weight = len(chunk)
@@ -265,18 +251,14 @@ def run(cfg: DPOConfig) -> dict:
                   f"{max_steps} steps of {global_batch} pairs" + (f"; resumed at {start_step}" if resume else ""))
 
     # Loop: every process walks the same global batches of pairs and takes its own slice.
-    batches = batched((train[i] for _, i in mixture_stream([len(train)], None, cfg.seed)), global_batch)
-    for _ in range(start_step):
-        next(batches)
-    micro, per_process = cfg.batch.micro_batch_size, cfg.batch.micro_batch_size * cfg.batch.grad_accum
+    batches = common.global_batches(common.shuffled_stream(train, cfg.seed), global_batch, start_step)
+    micro = cfg.batch.micro_batch_size
     policy.train()
     for step in range(start_step + 1, max_steps + 1):
         step_start = time.time()
         pairs = next(batches)
-        mine = pairs[backend.rank * per_process : (backend.rank + 1) * per_process]
         sums = torch.zeros(2 + len(METRICS), dtype=torch.float64)  # loss, tokens, metrics
-        for m in range(cfg.batch.grad_accum):
-            chunk = mine[m * micro : (m + 1) * micro]
+        for chunk in common.micro_batches(pairs, backend, micro, cfg.batch.grad_accum):
             with backend.accumulate(policy):
                 loss, metrics, tokens = _step_loss(cfg, policy, chunk, "train", cache, reference_model, backend,
                                                    pad_id, normalizer=len(pairs))

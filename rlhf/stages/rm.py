@@ -16,7 +16,7 @@ from typing import Literal, Optional
 import torch
 
 from preference_data import transforms
-from preference_data.sampling import batched, mixture_stream
+from preference_data.splits import split_by_prompt
 from preference_data.validate_preferences import load_kind
 from reward_models import losses, metrics
 from reward_models.batching import Group, TooLong, collate_groups, grouped_rewards, make_group
@@ -25,7 +25,7 @@ from rlhf.checkpoint import save_checkpoint
 from rlhf.config import param
 from rlhf.models import count_parameters, load_tokenizer
 from rlhf.optim import build_optimizer
-from rlhf.sections import BatchConfig, CheckpointConfig, ModelConfig, OptimConfig, PrecisionConfig, TrackingConfig
+from rlhf.sections import StageConfig
 from rlhf.stages import common
 from rlhf.tracking import plot_histogram
 
@@ -64,23 +64,14 @@ class NormalizeConfig:
 
 
 @dataclass(frozen=True)
-class RMConfig:
-    """Reward model from preference data."""
+class RMConfig(StageConfig):
+    """Reward model from preference data (batch sizes count prompts / groups)."""
 
     output_dir: str = param("runs/rm", "Folder for the model, checkpoints, logs and plots.")
-    seed: int = param(0, "Seed for data order and head initialisation.")
     max_steps: int = param(200, "Optimizer steps (<= 0: derive from `epochs`).")
-    epochs: float = param(1.0, "Passes over the training prompts, used when max_steps <= 0.")
-    eval_steps: int = param(0, "Evaluate every N steps (0 = only at the end).")
     center_coef: float = param(0.0, "Weight of the reward-centering regulariser coef * mean(r^2).")
-    model: ModelConfig = param(default_factory=ModelConfig, doc="Backbone of the reward model.")
     data: RMDataConfig = param(default_factory=RMDataConfig, doc="Data.")
     normalize: NormalizeConfig = param(default_factory=NormalizeConfig, doc="Normalisation.")
-    optim: OptimConfig = param(default_factory=OptimConfig, doc="Optimiser.")
-    batch: BatchConfig = param(default_factory=BatchConfig, doc="Batch sizes (in prompts / groups).")
-    precision: PrecisionConfig = param(default_factory=PrecisionConfig, doc="Numerics.")
-    checkpoint: CheckpointConfig = param(default_factory=CheckpointConfig, doc="Checkpoints.")
-    tracking: TrackingConfig = param(default_factory=TrackingConfig, doc="Logging.")
 
 
 def _as_training_records(records, data: RMDataConfig):
@@ -109,12 +100,11 @@ def _load_data(cfg: RMConfig, tokenizer, backend):
     records, report = load_kind(list(data.train), data.kind, field_map=data.field_map or None,
                                 quarantine_path=quarantine, strict=data.strict, adapter=data.adapter)
     if data.eval:
-        eval_records, eval_report = load_kind(list(data.eval), data.eval_kind or data.kind,
+        eval_records, _ = load_kind(list(data.eval), data.eval_kind or data.kind,
                                               field_map=data.field_map or None, strict=data.strict,
                                               quarantine_path=None, adapter=data.adapter)
     else:
-        records, eval_records = transforms.split_by_prompt(records, data.eval_fraction, cfg.seed)
-        eval_report = None
+        records, eval_records = split_by_prompt(records, data.eval_fraction, cfg.seed)
     train = _groups(_as_training_records(records, data), tokenizer, data, report)
     eval_kind = data.eval_kind or data.kind
     eval_data = eval_records if eval_kind != "rated" else transforms.rated_to_pairwise(eval_records)[0]
@@ -122,30 +112,30 @@ def _load_data(cfg: RMConfig, tokenizer, backend):
     report.quarantine.close()
     if not train:
         raise ValueError(f"no training group left after tokenisation\n{report.summary()}")
-    return train, evaluation, report, eval_report
+    return train, evaluation, report
 
 
-def _objective(rewards: torch.Tensor, batch: dict, kind: str, global_count: float):
-    """The data kind's loss for one micro-batch of groups, divided by the global count."""
-    if kind == "regression":
+def _objective(rewards: torch.Tensor, batch: dict, objective: str, global_count: float):
+    """The data's loss for one micro-batch of groups, divided by its count over the global batch."""
+    if objective == "regression":
         return losses.regression_loss(rewards, batch["targets"], batch["mask"], normalizer=global_count)
-    if rewards.shape[1] == 2 and bool((batch["ranks"][:, :2] == torch.tensor([0, 1])).all()):
+    if objective == "pairwise":  # groups of (chosen, rejected), optional margin
         return losses.pairwise_loss(rewards[:, 0], rewards[:, 1], batch["margin"], normalizer=global_count)
     return losses.kwise_loss(rewards, batch["ranks"], batch["mask"], normalizer=global_count)
+
+
+def _objective_for(data: RMDataConfig) -> str:
+    if data.kind == "rated":
+        return {"regression": "regression", "pairs": "pairwise", "ranked": "kwise"}[data.rated_as]
+    return "pairwise" if data.kind == "pairwise" else "kwise"
 
 
 def _score_groups(model, groups, backend, micro: int, pad_id: int) -> list[list[float]]:
     """Rewards of every group's responses, gathered on all processes (same order as ``groups``)."""
     model.eval()
-    mine = list(range(backend.rank, len(groups), backend.world_size))
-    # Same number of forward passes on every process: ZeRO-3 gathers weights collectively.
-    passes = -(-len(groups) // backend.world_size // micro) if groups else 0
-    passes = max(passes, -(-len(mine) // micro))
-    passes = int(backend.max_over_processes(passes))
     scored: list[tuple[int, list[float]]] = []
     with torch.no_grad():
-        for p in range(passes):
-            chunk = mine[p * micro : (p + 1) * micro]
+        for chunk in common.eval_shards(len(groups), backend, micro):
             batch = collate_groups([groups[i] for i in chunk] or groups[:1], pad_id)
             rewards = model(batch["input_ids"].to(backend.device), batch["attention_mask"].to(backend.device))
             per_group = grouped_rewards(rewards.float().cpu(), batch)
@@ -194,8 +184,8 @@ def run(cfg: RMConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     model = load_reward_model(cfg.model, pad_token_id=tokenizer.pad_token_id)
     trainable, total = count_parameters(model)
-    train, eval_groups, report, _ = _load_data(cfg, tokenizer, backend)
-    objective_kind = "regression" if cfg.data.kind == "rated" and cfg.data.rated_as == "regression" else "ranking"
+    train, eval_groups, report = _load_data(cfg, tokenizer, backend)
+    objective = _objective_for(cfg.data)
     global_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * backend.world_size
     max_steps = common.total_steps(cfg, len(train), global_batch)
     optimizer, scheduler = build_optimizer(model, cfg.optim, max_steps)
@@ -210,27 +200,24 @@ def run(cfg: RMConfig) -> dict:
     )
 
     # Loop: every process walks the same global batches of groups and takes its own slice.
-    batches = batched((train[i] for _, i in mixture_stream([len(train)], None, cfg.seed)), global_batch)
-    for _ in range(start_step):
-        next(batches)
+    batches = common.global_batches(common.shuffled_stream(train, cfg.seed), global_batch, start_step)
     pad_id = tokenizer.pad_token_id
-    micro, per_process = cfg.batch.micro_batch_size, cfg.batch.micro_batch_size * cfg.batch.grad_accum
+    micro = cfg.batch.micro_batch_size
     model.train()
     for step in range(start_step + 1, max_steps + 1):
         step_start = time.time()
         groups = next(batches)
         # The counts each loss is averaged over, for the whole global batch.
-        count = sum(g.size for g in groups) if objective_kind == "regression" else len(groups)
+        count = sum(g.size for g in groups) if objective == "regression" else len(groups)
         responses = sum(g.size for g in groups)
-        mine = groups[backend.rank * per_process : (backend.rank + 1) * per_process]
         sums = torch.zeros(3, dtype=torch.float64)  # loss, correct pairs, pairs
-        for m in range(cfg.batch.grad_accum):
-            batch = collate_groups(mine[m * micro : (m + 1) * micro], pad_id)
+        for chunk in common.micro_batches(groups, backend, micro, cfg.batch.grad_accum):
+            batch = collate_groups(chunk, pad_id)
             batch = {k: v.to(backend.device) for k, v in batch.items()}
             with backend.accumulate(model):
                 flat = model(batch["input_ids"], batch["attention_mask"])
                 rewards = grouped_rewards(flat, batch)
-                loss, info = _objective(rewards, batch, objective_kind, count)
+                loss, info = _objective(rewards, batch, objective, count)
                 if cfg.center_coef > 0:
                     center, _ = losses.centering_loss(rewards, cfg.center_coef, batch["mask"], normalizer=responses)
                     loss = loss + center

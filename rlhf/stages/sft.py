@@ -7,7 +7,6 @@ same update.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from typing import Literal, Optional
 import torch
 
 from preference_data.collate import TooLong, collate_rows, pack, single_row, tokenize_sft
-from preference_data.sampling import batched, mixture_stream
+from preference_data.sampling import mixture_stream
+from preference_data.splits import split_by_prompt
 from preference_data.validate import load_sft
 from rlhf.backend import Backend
 from rlhf.checkpoint import save_checkpoint
@@ -25,14 +25,7 @@ from rlhf.config import param
 from rlhf.losses import sft_loss
 from rlhf.models import apply_adaptation, count_parameters, load_causal_lm, load_tokenizer, save_model
 from rlhf.optim import build_optimizer
-from rlhf.sections import (
-    BatchConfig,
-    CheckpointConfig,
-    ModelConfig,
-    OptimConfig,
-    PrecisionConfig,
-    TrackingConfig,
-)
+from rlhf.sections import StageConfig
 from rlhf.stages import common
 
 
@@ -60,28 +53,11 @@ class SFTDataConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(StageConfig):
     """Supervised fine-tuning of a causal LM on prompt/completion or chat records."""
 
     output_dir: str = param("runs/sft", "Folder for the model, checkpoints, logs and plots.")
-    seed: int = param(0, "Seed for data order, initialisation and sampling.")
-    max_steps: int = param(100, "Optimizer steps (<= 0: derive from `epochs`).")
-    epochs: float = param(1.0, "Passes over the training rows, used when max_steps <= 0.")
-    eval_steps: int = param(0, "Evaluate every N steps (0 = only at the end).")
-    model: ModelConfig = param(default_factory=ModelConfig, doc="Model to fine-tune.")
     data: SFTDataConfig = param(default_factory=SFTDataConfig, doc="Data.")
-    optim: OptimConfig = param(default_factory=OptimConfig, doc="Optimiser.")
-    batch: BatchConfig = param(default_factory=BatchConfig, doc="Batch sizes.")
-    precision: PrecisionConfig = param(default_factory=PrecisionConfig, doc="Numerics.")
-    checkpoint: CheckpointConfig = param(default_factory=CheckpointConfig, doc="Checkpoints.")
-    tracking: TrackingConfig = param(default_factory=TrackingConfig, doc="Logging.")
-
-
-def _is_eval_prompt(record, fraction: float) -> bool:
-    """Stable split by the conversation's first turn, so a prompt never lands on both sides."""
-    key = record.messages[0]["content"] if record.messages else ""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def _tokenize_all(records, tokenizer, cfg: SFTDataConfig, report):
@@ -116,8 +92,10 @@ def _load_data(cfg: SFTConfig, tokenizer, backend: Backend):
     sources = [[r for r in records if r.source == path] for path in data.train]
     eval_records = [r for r in records if r.source in data.eval]
     if not data.eval and data.eval_fraction > 0:
-        eval_records = [r for source in sources for r in source if _is_eval_prompt(r, data.eval_fraction)]
-        sources = [[r for r in source if not _is_eval_prompt(r, data.eval_fraction)] for source in sources]
+        # By prompt, so a prompt never lands on both sides; each source keeps its own share.
+        splits = [split_by_prompt(source, data.eval_fraction, cfg.seed) for source in sources]
+        sources = [train for train, _ in splits]
+        eval_records = [record for _, held_out in splits for record in held_out]
     train = [_tokenize_all(source, tokenizer, data, report) for source in sources]
     evaluation = [single_row(e) for e in _tokenize_all(eval_records, tokenizer, data, report)]
     report.quarantine.close()
@@ -144,14 +122,10 @@ def evaluate(model, rows, backend: Backend, micro_batch_size: int, pad_id: int) 
     if not rows:
         return {}
     model.eval()
-    mine = rows[backend.rank :: backend.world_size]
-    # Every process runs the same number of forward passes: ZeRO-3 gathers weights collectively.
-    n_batches = math.ceil(math.ceil(len(rows) / backend.world_size) / micro_batch_size)
     nll, tokens = 0.0, 0.0
-    for b in range(n_batches):
-        chunk = mine[b * micro_batch_size : (b + 1) * micro_batch_size]
-        weight = 1.0 if chunk else 0.0
-        batch = collate_rows(chunk or rows[:1], pad_id)
+    for chunk in common.eval_shards(len(rows), backend, micro_batch_size):
+        weight = 1.0 if chunk else 0.0  # an empty shard still runs a forward pass (see eval_shards)
+        batch = collate_rows([rows[i] for i in chunk] or rows[:1], pad_id)
         logits = model(**_model_inputs(batch, backend.device)).logits
         _, metrics = sft_loss(logits, batch["labels"].to(backend.device), 1.0)
         nll += weight * float(metrics["nll_sum"])
@@ -192,21 +166,17 @@ def run(cfg: SFTConfig) -> dict:
     )
 
     # Loop: every process walks the same global batches and takes its own slice of each.
-    batches = batched(_row_stream(train, cfg.data, cfg.seed), global_batch)
-    for _ in range(start_step):
-        next(batches)
+    batches = common.global_batches(_row_stream(train, cfg.data, cfg.seed), global_batch, start_step)
     pad_id = tokenizer.pad_token_id
-    per_process = cfg.batch.micro_batch_size * cfg.batch.grad_accum
     last_eval: dict = {}
     model.train()
     for step in range(start_step + 1, max_steps + 1):
         step_start = time.time()
         rows = next(batches)
         target_tokens = sum(row.num_targets for row in rows)
-        mine = rows[backend.rank * per_process : (backend.rank + 1) * per_process]
         nll_sum = 0.0
-        for m in range(cfg.batch.grad_accum):
-            batch = collate_rows(mine[m * cfg.batch.micro_batch_size : (m + 1) * cfg.batch.micro_batch_size], pad_id)
+        for chunk in common.micro_batches(rows, backend, cfg.batch.micro_batch_size, cfg.batch.grad_accum):
+            batch = collate_rows(chunk, pad_id)
             with backend.accumulate(model):
                 logits = model(**_model_inputs(batch, backend.device)).logits
                 loss, metrics = sft_loss(logits, batch["labels"].to(backend.device), target_tokens)

@@ -8,14 +8,12 @@ import dataclasses
 import pytest
 
 from preference_data.records import PairwiseRecord, RankedRecord, RatedRecord, SFTRecord, message
+from preference_data.splits import dedup, shuffle, split_by_prompt
 from preference_data.transforms import (
-    dedup,
     pairwise_to_ranked,
     rated_to_pairwise,
     rated_to_ranked,
     ranked_to_pairwise,
-    shuffle,
-    split_by_prompt,
 )
 
 
