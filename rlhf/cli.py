@@ -1,4 +1,4 @@
-"""The ``rlhf`` command: ``rlhf sft|rm|ppo|dpo|pipeline|data ...``.
+"""The ``rlhf`` command: ``rlhf sft|rm|ppo|dpo|pipeline|data|eval ...``.
 
 ``accelerate launch scripts/train.py <stage> ...`` calls :func:`main` too, so both faces run
 the same code. Stage modules are imported only when their command runs.
@@ -24,7 +24,10 @@ DESCRIPTIONS = {
     "dpo": "direct preference optimisation (alternative to reward model + PPO)",
     "pipeline": "run SFT -> RM -> PPO and/or DPO in one command",
     "data": "validate, convert, split and inspect preference data",
+    "eval": "compare policies on held-out prompts: judge / reward, win rate, KL",
 }
+# commands with their own argument parser: name -> module with main(argv)
+TOOLS = {"data": "rlhf.data_cli", "eval": "rlhf.eval_cli"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         stage.add_argument("--config", "-c", help="YAML config file (see configs/)")
         stage.add_argument("--help-config", action="store_true", help="list every config key with its doc")
         stage.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. optim.lr=1e-4")
-    data = sub.add_parser("data", help=DESCRIPTIONS["data"], add_help=False)
-    data.add_argument("args", nargs=argparse.REMAINDER)
+    for name in TOOLS:
+        tool = sub.add_parser(name, help=DESCRIPTIONS[name], add_help=False)
+        tool.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -56,10 +60,8 @@ def _not_available(name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["data"]:  # its own parser, so that `rlhf data --help` reaches it
-        from rlhf.data_cli import main as data_main
-
-        return data_main(argv[1:])
+    if argv[:1] and argv[0] in TOOLS:  # their own parsers, so that `rlhf data --help` reaches them
+        return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()

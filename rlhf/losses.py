@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf.ops import IGNORE_INDEX, shift_labels, token_logprobs
+from rlhf.ops import IGNORE_INDEX, masked_mean, shift_labels, token_logprobs
 
 
 def sft_loss(
@@ -122,4 +122,134 @@ def dpo_loss(
         "logps_chosen": policy_chosen_logps.detach().mean(),
         "logps_rejected": policy_rejected_logps.detach().mean(),
     }
+    return loss, metrics
+
+
+def _token_normalizer(mask: torch.Tensor, normalizer: float | torch.Tensor | None) -> float | torch.Tensor:
+    """The caller's global valid-token count, or this batch's own (at least 1)."""
+    return mask.sum().clamp(min=1) if normalizer is None else normalizer
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+    *,
+    normalizer: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate (Schulman et al. 2017), per response token.
+
+    With ``ratio = exp(logp - logp_old)`` the per-token loss is
+    ``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))``: the pessimistic branch, so a
+    token whose ratio already moved past the clip range in the advantage's direction gives
+    no gradient. The loss is the sum over valid tokens divided by ``normalizer``.
+
+    Args:
+        logprobs: [B, T] current policy log-probs of the sampled tokens (with gradient).
+        old_logprobs: [B, T] log-probs of the same tokens under the rollout policy; constants
+            (detached here).
+        advantages: [B, T] advantages (whitened by the caller); constants (detached here).
+        mask: [B, T] bool or 0/1, true at valid response tokens. Entries outside it are ignored
+            and give no gradient, whatever they hold.
+        clip_eps: the clip range eps.
+        normalizer: scalar, number of valid tokens in the global batch (all micro-batches,
+            all processes), so the loss does not depend on how the step is split; defaults to
+            this batch's count.
+    Returns:
+        loss: scalar.
+        metrics (detached; means over this batch's valid tokens):
+            ``clipfrac`` fraction of tokens where the clipped branch is the larger (active) one;
+            ``approx_kl`` ``0.5 * (logp - logp_old)**2`` (k2);
+            ``approx_kl_k3`` ``(ratio - 1) - log ratio``, unbiased for KL(old || new) since the
+            tokens were sampled from the old policy;
+            ``ratio_mean``, ``ratio_max`` (0 for an empty mask);
+            ``tokens`` and ``clipped_tokens``: counts, to sum across processes for a global
+            ``clipfrac``.
+    """
+    keep = mask.bool()
+    old_logprobs = old_logprobs.detach()
+    advantages = advantages.detach()
+    # Zero the log-ratio outside the mask *before* exp: garbage there would otherwise give
+    # inf * 0 = NaN in the loss or, through torch.where's backward, in the gradient.
+    log_ratio = torch.where(keep, logprobs - old_logprobs, torch.zeros_like(logprobs))
+    ratio = torch.exp(log_ratio)
+    advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
+
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    per_token = torch.maximum(unclipped, clipped)
+    loss = (per_token * keep).sum() / _token_normalizer(keep, normalizer)
+
+    with torch.no_grad():
+        clipped_active = (clipped > unclipped) & keep
+        log_ratio_d = log_ratio.detach()
+        ratio_d = ratio.detach()
+        metrics = {
+            "clipfrac": masked_mean(clipped_active.float(), keep),
+            "approx_kl": masked_mean(0.5 * log_ratio_d * log_ratio_d, keep),
+            "approx_kl_k3": masked_mean(torch.expm1(log_ratio_d) - log_ratio_d, keep),
+            "ratio_mean": masked_mean(ratio_d, keep),
+            # ratio > 0, so the zeros put outside the mask never win the max.
+            "ratio_max": torch.where(keep, ratio_d, torch.zeros_like(ratio_d)).max(),
+            "tokens": keep.sum(),
+            "clipped_tokens": clipped_active.sum(),
+        }
+    return loss, metrics
+
+
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+    *,
+    normalizer: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss: ``0.5 * max((V - R)**2, (V_clip - R)**2)`` per response token.
+
+    ``V_clip = V_old + clip(V - V_old, -eps, eps)`` keeps the critic within ``eps`` of its
+    rollout-time values, the value-side analogue of the policy's ratio clip (its own range,
+    in the units of the values). Weighting by ``vf_coef`` is the caller's. The loss is the sum
+    over valid tokens divided by ``normalizer``.
+
+    Args:
+        values: [B, T] current critic values (with gradient).
+        old_values: [B, T] critic values at rollout time; constants (detached here).
+        returns: [B, T] value targets (e.g. from ``rlhf.advantages.gae``); constants (detached).
+        mask: [B, T] bool or 0/1, true at valid response tokens; entries outside it are ignored.
+        clip_eps: the value clip range.
+        normalizer: scalar, number of valid tokens in the global batch; defaults to this
+            batch's count. See ``ppo_policy_loss``.
+    Returns:
+        loss: scalar.
+        metrics (detached; means over this batch's valid tokens):
+            ``vf_clipfrac`` fraction of tokens where the clipped branch is the larger (active) one;
+            ``value_mean`` mean current value;
+            ``value_error`` mean unclipped squared error ``(V - R)**2``;
+            ``tokens`` and ``vf_clipped_tokens``: counts, to sum across processes.
+    """
+    keep = mask.bool()
+    zeros = torch.zeros_like(values)
+    old_values = torch.where(keep, old_values.detach(), zeros)
+    returns = torch.where(keep, returns.detach(), zeros)
+    values_in = torch.where(keep, values, zeros)
+
+    values_clipped = old_values + torch.clamp(values_in - old_values, -clip_eps, clip_eps)
+    error_unclipped = (values_in - returns) ** 2
+    error_clipped = (values_clipped - returns) ** 2
+    per_token = 0.5 * torch.maximum(error_unclipped, error_clipped)
+    loss = (per_token * keep).sum() / _token_normalizer(keep, normalizer)
+
+    with torch.no_grad():
+        clipped_active = (error_clipped > error_unclipped) & keep
+        metrics = {
+            "vf_clipfrac": masked_mean(clipped_active.float(), keep),
+            "value_mean": masked_mean(values_in.detach(), keep),
+            "value_error": masked_mean(error_unclipped.detach(), keep),
+            "tokens": keep.sum(),
+            "vf_clipped_tokens": clipped_active.sum(),
+        }
     return loss, metrics

@@ -56,6 +56,9 @@ class DPOLossConfig:
     loss_type: Literal["sigmoid", "ipo", "hinge"] = param("sigmoid", "DPO, IPO or SLiC-style hinge.")
     label_smoothing: float = param(0.0, "sigmoid: assumed label-noise rate (conservative DPO).")
     length_normalize: bool = param(False, "Average log-probs over response tokens instead of summing.")
+    sft_weight: float = param(
+        0.0, "Weight of an added NLL term on the chosen replies (per-token mean; RPO, Pang et al. 2024): "
+        "keeps the chosen replies likely while DPO widens the margin.")
     reference: Literal["precompute", "copy", "lora_disabled", "none"] = param(
         "precompute",
         "precompute: initial policy's log-probs cached once; copy: frozen copy in memory; "
@@ -134,10 +137,12 @@ def _sequence_logps(model, pairs: list[Pair], pad_id: int, device, length_normal
     token_logps = token_logprobs(logits, targets)
     mask = (targets != -100).float()
     logps = token_logps.sum(-1)
-    if length_normalize:
-        logps = logps / mask.sum(-1).clamp(min=1)
+    lengths = mask.sum(-1).clamp(min=1)
     n = len(pairs)
-    return logps[:n], logps[n:], int(mask.sum())
+    chosen_nll = -logps[:n] / lengths[:n]
+    if length_normalize:
+        logps = logps / lengths
+    return logps[:n], logps[n:], int(mask.sum()), chosen_nll
 
 
 @torch.no_grad()
@@ -146,7 +151,7 @@ def _reference_logps(model, pairs, backend, micro: int, pad_id: int, length_norm
     model.eval()
     rows = []
     for chunk in common.eval_shards(len(pairs), backend, micro):
-        chosen, rejected, _ = _sequence_logps(model, [pairs[i] for i in chunk] or pairs[:1], pad_id,
+        chosen, rejected, _, _ = _sequence_logps(model, [pairs[i] for i in chunk] or pairs[:1], pad_id,
                                               backend.device, length_normalize)
         rows += [(i, float(c), float(r)) for i, c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
     model.train()
@@ -182,23 +187,30 @@ def _reference_for(pairs, split: str, cfg: DPOConfig, cache, reference_model, po
         return zeros, zeros
     with torch.no_grad():
         if cfg.dpo.reference == "copy":
-            chosen, rejected, _ = _sequence_logps(reference_model, pairs, pad_id, device, cfg.dpo.length_normalize)
+            chosen, rejected, _, _ = _sequence_logps(reference_model, pairs, pad_id, device, cfg.dpo.length_normalize)
         else:
             with backend.unwrap(policy).disable_adapter():
-                chosen, rejected, _ = _sequence_logps(policy, pairs, pad_id, device, cfg.dpo.length_normalize)
+                chosen, rejected, _, _ = _sequence_logps(policy, pairs, pad_id, device, cfg.dpo.length_normalize)
     return chosen.float(), rejected.float()
 
 
 def _step_loss(cfg, policy, pairs, split, cache, reference_model, backend, pad_id, normalizer):
-    chosen, rejected, tokens = _sequence_logps(policy, pairs, pad_id, backend.device, cfg.dpo.length_normalize)
+    chosen, rejected, tokens, chosen_nll = _sequence_logps(policy, pairs, pad_id, backend.device,
+                                                           cfg.dpo.length_normalize)
     ref_chosen, ref_rejected = _reference_for(pairs, split, cfg, cache, reference_model, policy, backend, pad_id)
     loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=cfg.dpo.beta,
                              loss_type=cfg.dpo.loss_type, label_smoothing=cfg.dpo.label_smoothing,
                              reference_free=cfg.dpo.reference == "none", normalizer=normalizer)
+    # Logged "loss" is the DPO loss alone (ln 2 at the start whatever sft_weight is).
+    metrics["dpo_loss"] = loss.detach()
+    metrics["nll_chosen"] = chosen_nll.detach().mean()
+    if cfg.dpo.sft_weight:
+        nll = chosen_nll.mean() if normalizer is None else chosen_nll.sum() / normalizer
+        loss = loss + cfg.dpo.sft_weight * nll
     return loss, metrics, tokens
 
 
-METRICS = ("rewards_chosen", "rewards_rejected", "margins", "accuracy")
+METRICS = ("rewards_chosen", "rewards_rejected", "margins", "accuracy", "nll_chosen")
 
 
 @torch.no_grad()
@@ -213,7 +225,7 @@ def evaluate(cfg, policy, pairs, cache, reference_model, backend, pad_id) -> dic
         loss, metrics, _ = _step_loss(cfg, policy, chunk or pairs[:1], "eval", cache, reference_model, backend,
                                       pad_id, None)
         weight = len(chunk)
-        sums += torch.tensor([float(loss) * weight] + [float(metrics[k]) * weight for k in METRICS])
+        sums += torch.tensor([float(metrics["dpo_loss"]) * weight] + [float(metrics[k]) * weight for k in METRICS])
     policy.train()
     totals = backend.all_reduce_sum(sums).tolist()
     return {f"eval_{k}": v / len(pairs) for k, v in zip(("loss",) + METRICS, totals)}
@@ -263,7 +275,7 @@ def run(cfg: DPOConfig) -> dict:
                 loss, metrics, tokens = _step_loss(cfg, policy, chunk, "train", cache, reference_model, backend,
                                                    pad_id, normalizer=len(pairs))
                 backend.backward(loss)
-            sums += torch.tensor([float(loss.detach()), tokens] + [float(metrics[k]) * len(chunk) for k in METRICS])
+            sums += torch.tensor([float(metrics["dpo_loss"]), tokens] + [float(metrics[k]) * len(chunk) for k in METRICS])
         grad_norm = backend.optimizer_step(policy, optimizer)
         scheduler.step()
         totals = backend.all_reduce_sum(sums).tolist()
