@@ -145,8 +145,14 @@ class ScalarRewardModel(nn.Module):
                 return module
         raise AttributeError(f"{type(self.seqcls).__name__} has no 'score' or 'classifier' head")
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards [B] float32 for ``input_ids`` / ``attention_mask`` [B, T] (any padding side)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+        """Rewards [B] float32 for ``input_ids`` / ``attention_mask`` [B, T] (any padding side).
+
+        ``per_token`` returns the head's output at every position, [B, T] (decoders only): the
+        values of a PPO critic, V(prefix up to and including position t).
+        """
+        if per_token and not self.is_decoder:
+            raise ValueError("per-token values need a decoder backbone (a causal LM), not an encoder")
         if not self.is_decoder:
             # Encoders pool the first token ([CLS]) themselves; right padding is all they see.
             return self.wrapped(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
@@ -169,6 +175,8 @@ class ScalarRewardModel(nn.Module):
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             ).last_hidden_state
         hidden = hidden[:, hidden.shape[1] - input_ids.shape[1]:]  # drop virtual prompt tokens, if any
+        if per_token:
+            return self.head(hidden)[..., 0].float()
         last = last_real_index(attention_mask)
         # The head is linear per position: apply it to the B gathered states, not all B x T.
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

@@ -145,6 +145,24 @@ class Backend:
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model)
 
+    @contextlib.contextmanager
+    def generation_model(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """The unwrapped model with whole weights for ``generate``.
+
+        Under ZeRO-3 each process holds a shard of every weight; token-by-token generation through
+        the engine would gather every layer at every token, and a process that finishes its
+        sequences early would stop joining those gathers and hang the others. So the weights are
+        gathered once for the whole generation (read-only) and released afterwards.
+        """
+        unwrapped = self.unwrap(model)
+        if self.zero_stage != 3:
+            yield unwrapped
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(unwrapped.parameters()), modifier_rank=None):
+            yield unwrapped
+
     # ---------------------------------------------------------------- training
     @contextlib.contextmanager
     def accumulate(self, model: torch.nn.Module) -> Iterator[None]:

@@ -71,6 +71,11 @@ def save_checkpoint(backend, output_dir: str, step: int, state: dict[str, Any], 
     return final
 
 
+def read_checkpoint_state(path: Path) -> dict[str, Any]:
+    """The trainer state saved with a checkpoint (step, data position, controllers, ...)."""
+    return json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
+
+
 def load_checkpoint(backend, path: Path) -> dict[str, Any]:
     """Restores the backend state and returns the trainer state (step, data position, ...)."""
     backend.load_state(str(path))

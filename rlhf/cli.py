@@ -14,7 +14,7 @@ import sys
 STAGES: dict[str, tuple[str, str, str] | None] = {
     "sft": ("rlhf.stages.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or chat data"),
     "rm": ("rlhf.stages.rm", "RMConfig", "train a reward model on pairwise, ranked or rated preferences"),
-    "ppo": None,
+    "ppo": ("rlhf.stages.ppo", "PPOConfig", "RLHF with PPO (clipped surrogate) against a reward model or function"),
     "dpo": ("rlhf.stages.dpo", "DPOConfig", "direct preference optimisation (alternative to reward model + PPO)"),
     "pipeline": None,
 }

@@ -62,7 +62,8 @@ def _load(path: str):
 
 def evaluate(args) -> dict:
     from preference_data.validate_preferences import load_kind
-    from rlhf.evaluation import load_function, sample_with_kl, win_rate
+    from rlhf.evaluation import sample_with_kl, win_rate
+    from rlhf.rewards import load_function
     from rlhf.rollout import SamplingConfig
 
     policies = _policies(args.policy)

@@ -7,29 +7,13 @@ own samples, response length and EOS rate.
 
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from rlhf.rollout import SamplingConfig, response_logprobs, sample
-
-
-def load_function(spec: str) -> Callable:
-    """`package.module:function` -> the function (e.g. `preference_data.synthetic:judge`)."""
-    module_name, sep, name = spec.partition(":")
-    if not sep or not module_name or not name:
-        raise ValueError(f"reward function {spec!r} must look like 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r} ({err})") from err
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise ValueError(f"reward function {spec!r}: module {module_name!r} has no function {name!r}")
-    return function
 
 
 def model_folder(path: str) -> str:

@@ -22,19 +22,26 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str) 
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int):
-    """AdamW over trainable parameters (no decay on biases and norm weights) and its scheduler."""
-    decay, no_decay = [], []
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int,
+                    lr_by_prefix: dict[str, float] | None = None):
+    """AdamW over trainable parameters (no decay on biases and norm weights) and its scheduler.
+
+    ``lr_by_prefix`` gives the parameters whose names start with a prefix their own peak LR
+    (e.g. ``{"critic.": 1e-5}`` for PPO's value model); the schedule scales every group alike.
+    """
+    lr_by_prefix = lr_by_prefix or {}
+    buckets: dict[tuple[float, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        lr = next((value for prefix, value in lr_by_prefix.items() if name.startswith(prefix)), cfg.lr)
+        buckets.setdefault((lr, p.ndim < 2 or "norm" in name.lower()), []).append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+        for (lr, no_decay), params in buckets.items()
     ]
     optimizer = torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,

@@ -58,6 +58,29 @@ class Samples:
     def response_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_length :]
 
+    def subset(self, index: torch.Tensor | list[int]) -> "Samples":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Samples(self.input_ids[index], self.attention_mask[index], self.response_mask[index],
+                       self.ended[index], [self.texts[i] for i in index.tolist()])
+
+
+def concat_samples(parts: list[Samples], pad_id: int) -> Samples:
+    """One batch from several: prompts left-padded and responses right-padded to the longest."""
+    prompt_len = max(p.prompt_length for p in parts)
+    response_len = max(p.response_mask.shape[1] for p in parts)
+
+    def pad(t: torch.Tensor, left: int, right: int, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (left, right), value=value)
+
+    ids, attn, resp = [], [], []
+    for p in parts:
+        left, right = prompt_len - p.prompt_length, response_len - p.response_mask.shape[1]
+        ids.append(pad(p.input_ids, left, right, pad_id))
+        attn.append(pad(p.attention_mask, left, right, 0))
+        resp.append(pad(p.response_mask, 0, right, 0))
+    return Samples(torch.cat(ids), torch.cat(attn), torch.cat(resp), torch.cat([p.ended for p in parts]),
+                   [t for p in parts for t in p.texts])
+
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted from each row's first real token, so left padding does not shift them."""

@@ -108,6 +108,20 @@ class Tracker:
         if self._bar is not None and "loss" in record:
             self._bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
 
+    def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """A few generations: appended to ``samples.jsonl`` and shown as a wandb table."""
+        if not self.is_main or not rows:
+            return
+        with open(self.output_dir / "samples.jsonl", "a", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps({"step": step, **{k: _plain(v) for k, v in row.items()}}) + "\n")
+        if self._wandb_run is not None:
+            import wandb
+
+            columns = list(rows[0])
+            table = wandb.Table(columns=["step", *columns], data=[[step, *(r[c] for c in columns)] for r in rows])
+            self._wandb_run.log({"samples": table}, step=step)
+
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:
             self._bar.update(steps)

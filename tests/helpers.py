@@ -31,3 +31,8 @@ def launch_command(config_file: str | None, num_processes: int, port: int) -> li
     else:
         cmd += ["--config_file", config_file, "--num_processes", str(num_processes)]
     return cmd + ["--main_process_port", str(port), str(REPO / "scripts" / "train.py")]
+
+
+def constant_reward(prompt, response) -> float:
+    """A reward function for tests (given as `helpers:constant_reward`)."""
+    return 7.0

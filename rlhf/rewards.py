@@ -1,0 +1,56 @@
+"""Scores for sampled responses: a trained reward model, Python reward functions, or a weighted sum."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Optional, Sequence
+
+import torch
+
+
+def load_function(spec: str) -> Callable:
+    """`package.module:function` -> the function (e.g. `preference_data.synthetic:judge`)."""
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise ValueError(f"reward function {spec!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r} ({err})") from err
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ValueError(f"reward function {spec!r}: module {module_name!r} has no function {name!r}")
+    return function
+
+
+class Scorer:
+    """``score(prompts, responses)`` -> [B] float32: the weighted sum of every configured source.
+
+    The reward model reads the decoded text with its own tokenizer and template, so it need not
+    share the policy's tokenizer; it is frozen, in eval mode, and never wrapped by the engine.
+    """
+
+    def __init__(self, model: Optional[str], functions: Sequence[str], weights: Sequence[float], *,
+                 normalize: bool = True, device=None) -> None:
+        self.sources: list[tuple[str, Callable]] = []
+        if model:
+            from reward_models.scorer import RewardModel
+
+            reward_model = RewardModel.from_pretrained(model, device=device)
+            self.sources.append((f"reward_model:{model}",
+                                 lambda p, r: reward_model.score(p, r, normalize=normalize)))
+        for spec in functions:
+            function = load_function(spec)
+            self.sources.append((spec, lambda p, r, f=function: [float(f(a, b)) for a, b in zip(p, r)]))
+        if not self.sources:
+            raise ValueError("no reward: set reward.model and/or reward.functions")
+        if weights and len(weights) != len(self.sources):
+            raise ValueError(f"reward.weights has {len(weights)} entries for {len(self.sources)} sources "
+                             f"({', '.join(name for name, _ in self.sources)})")
+        self.weights = list(weights) if weights else [1.0] * len(self.sources)
+
+    def score(self, prompts: Sequence, responses: Sequence[str]) -> torch.Tensor:
+        total = torch.zeros(len(responses))
+        for weight, (_, source) in zip(self.weights, self.sources):
+            total += weight * torch.tensor(source(list(prompts), list(responses)), dtype=torch.float32)
+        return total

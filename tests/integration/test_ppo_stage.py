@@ -1,0 +1,93 @@
+"""The PPO stage on builtin:tiny with the judge as reward: metrics, references, EOS penalty, resume."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhf.config import load_config
+from rlhf.stages.ppo import PPOConfig, run
+
+FAST = ["tracking.mode=disabled", "tracking.progress=false", "model.name_or_path=builtin:tiny",
+        "data.prompts=['builtin:judged-prompts?n=200']", "rollout.batch_size=16", "rollout.max_new_tokens=12",
+        "batch.micro_batch_size=8", "ppo.epochs=2", "checkpoint.save_steps=0", "rollout.log_samples_every=1"]
+
+
+def ppo(tmp_path, name, *extra):
+    cfg = load_config(PPOConfig, "configs/ppo/tiny.yaml", [f"output_dir={tmp_path / name}", *FAST, *extra])
+    return run(cfg), tmp_path / name
+
+
+def rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+EXPECTED = {"score", "kl", "kl_k3", "non_score_reward", "kl_coef", "policy_loss", "value_loss", "entropy",
+            "clipfrac", "vf_clipfrac", "approx_kl", "explained_variance", "eos_rate", "response_length",
+            "rollout_s", "update_s", "tokens_per_s"}
+
+
+def test_metrics_samples_and_zero_kl_at_the_start(tmp_path):
+    summary, out = ppo(tmp_path, "run", "max_steps=2")
+    log = rows(out)
+    assert [r["step"] for r in log] == [1, 2] and EXPECTED <= set(log[0])
+    # Step 1 samples from the initial policy, which is the reference: KL is exactly 0, and so
+    # is the non-score reward; the update then moves the policy away.
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6) and log[0]["non_score_reward"] == pytest.approx(0.0, abs=1e-7)
+    assert log[1]["kl"] != 0.0
+    assert 0.0 <= log[0]["eos_rate"] <= 1.0 and 0 < log[0]["response_length"] <= 12
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {1, 2} and {"prompt", "response", "score"} <= set(samples[0])
+    assert (out / "model" / "model.safetensors").is_file() and (out / "curves.png").is_file()
+    assert summary["reference"] == "copy" and summary["steps"] == 2
+
+
+def test_missing_eos_gets_the_penalty_score(tmp_path):
+    # A constant reward of 7 for every reply that ends; one that never emits EOS scores -3.5.
+    _, out = ppo(tmp_path, "noeos", "max_steps=1", "rollout.max_new_tokens=3", "rollout.missing_eos_score=-3.5",
+                 "reward.functions=['helpers:constant_reward']")
+    first = rows(out)[0]
+    assert first["eos_rate"] < 1.0
+    assert first["score"] == pytest.approx(7.0 * first["eos_rate"] - 3.5 * (1 - first["eos_rate"]), abs=1e-6)
+
+
+def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path):
+    summary, out = ppo(tmp_path, "lora", "max_steps=2", "model.adapt.strategy=lora", "model.adapt.lora_r=4",
+                       "critic.adapt.strategy=lora", "critic.adapt.lora_r=4")
+    log = rows(out)
+    assert summary["reference"] == "lora_disabled"
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6) and log[1]["kl"] != 0.0
+    assert summary["trainable_parameters"] < summary["total_parameters"] / 2
+
+
+def test_kl_in_loss_and_adaptive_controller(tmp_path):
+    _, out = ppo(tmp_path, "kl", "max_steps=3", "kl.controller=adaptive", "kl.target=0.01", "kl.horizon=1000")
+    coefs = [r["kl_coef"] for r in rows(out)]
+    # KL is above a tiny target after the first update, so the adaptive coefficient grows.
+    assert coefs[0] == pytest.approx(0.05) and coefs[2] > coefs[1]
+    _, out = ppo(tmp_path, "inloss", "max_steps=2", "kl.in_loss=true")
+    assert all(r["non_score_reward"] == 0.0 for r in rows(out))
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    _, full = ppo(tmp_path, "full", "max_steps=4", "kl.controller=adaptive", "kl.horizon=500")
+    _, part = ppo(tmp_path, "part", "max_steps=4", "kl.controller=adaptive", "kl.horizon=500",
+                  "checkpoint.save_steps=2")
+    # Simulate a crash after step 2: drop everything written later, then run the same command.
+    shutil.rmtree(part / "checkpoints" / "step-00000004")
+    shutil.rmtree(part / "model")
+    ppo(tmp_path, "part", "max_steps=4", "kl.controller=adaptive", "kl.horizon=500", "checkpoint.save_steps=2",
+        "checkpoint.resume_from=latest")
+    a = load_file(str(full / "model" / "model.safetensors"))
+    b = load_file(str(part / "model" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
+    assert [r["kl_coef"] for r in rows(full)] == [r["kl_coef"] for r in rows(part)]
+    assert [r["step"] for r in rows(part)] == [1, 2, 3, 4]
+
+
+def test_bad_batch_geometry_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="multiple of the mini-batch"):
+        ppo(tmp_path, "bad", "max_steps=1", "rollout.batch_size=12")
