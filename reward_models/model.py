@@ -13,6 +13,7 @@ render a (prompt, response) pair with the very same code: :func:`render_for_rewa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -208,20 +209,26 @@ def _head_name(model: nn.Module) -> str:
 def _reinit_head(head: nn.Module, num_labels: int) -> None:
     """Small initial rewards: N(0, 1/sqrt(hidden+1)) on the output projection, zero bias.
 
-    Uses the current global RNG (seeding is the caller's business). transformers' own init of a
-    fresh head depends on the architecture; this one keeps the starting rewards near 0 whatever
-    the backbone, so the first pairwise losses are close to ln 2.
+    Drawn from a generator seeded with ``torch.initial_seed()`` (the run's seed), so the head is
+    the same whatever else consumed random numbers, on one process or several. transformers' own
+    init of a fresh head depends on the architecture; this one keeps the starting rewards near 0
+    whatever the backbone, so the first pairwise losses are close to ln 2. Under ZeRO-3 (weights
+    partitioned at load) the head is gathered, set on process 0 and scattered back.
     """
+    generator = torch.Generator().manual_seed(torch.initial_seed())
     linears = [m for m in head.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
     for linear in linears:
+        params = [p for p in (linear.weight, linear.bias) if p is not None]
+        gathered = contextlib.nullcontext()
         if hasattr(linear.weight, "ds_id"):
-            # Partitioned under ZeRO-3 zero.Init: this shard is empty. transformers' init
-            # (std = initializer_range, small too) stays.
-            logger.warning("reward head is partitioned (ZeRO-3); keeping transformers' initialisation")
-            return
-        linear.weight.normal_(0.0, 1.0 / math.sqrt(linear.in_features + 1))
-        if linear.bias is not None:
-            linear.bias.zero_()
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+        with gathered:
+            weight = torch.randn(linear.weight.shape, generator=generator) / math.sqrt(linear.in_features + 1)
+            linear.weight.copy_(weight.to(linear.weight.dtype))
+            if linear.bias is not None:
+                linear.bias.zero_()
 
 
 def _enable_checkpointing(model: nn.Module) -> None:

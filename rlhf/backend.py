@@ -14,6 +14,7 @@ depend on how the global batch is split across processes and micro-batches.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import random
 from typing import Any, Iterator
@@ -141,6 +142,26 @@ class Backend:
             self.accelerator.register_for_checkpointing(scheduler)
         seed_everything(self.seed + self.rank)
         return model, optimizer
+
+    def prepare_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A model that only runs forward passes (a reference policy, a reward model).
+
+        Under ZeRO-3 the weights were partitioned when the model was loaded, so it gets an engine
+        of its own without an optimizer: its shards stay spread over the processes and each
+        forward gathers them layer by layer (every process must then run the same number of
+        forward passes). Otherwise it is simply moved to the device.
+        """
+        model.eval().requires_grad_(False)
+        if self.zero_stage != 3:
+            return model.to(self.device)
+        import deepspeed
+
+        config = copy.deepcopy(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        for key in ("optimizer", "scheduler"):
+            config.pop(key, None)
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine.eval()
+        return engine
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model)

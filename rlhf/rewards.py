@@ -31,12 +31,15 @@ class Scorer:
     """
 
     def __init__(self, model: Optional[str], functions: Sequence[str], weights: Sequence[float], *,
-                 normalize: bool = True, device=None) -> None:
+                 normalize: bool = True, device=None, prepare: Optional[Callable] = None) -> None:
+        """``prepare`` (e.g. ``Backend.prepare_frozen``) places the reward model for the engine."""
         self.sources: list[tuple[str, Callable]] = []
         if model:
             from reward_models.scorer import RewardModel
 
             reward_model = RewardModel.from_pretrained(model, device=device)
+            if prepare is not None:
+                reward_model.model = prepare(reward_model.model)
             self.sources.append((f"reward_model:{model}",
                                  lambda p, r: reward_model.score(p, r, normalize=normalize)))
         for spec in functions:

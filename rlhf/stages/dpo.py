@@ -9,7 +9,6 @@ folder (the default; it works under every engine, ZeRO-3 included, and survives 
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,15 +241,15 @@ def run(cfg: DPOConfig) -> dict:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.dpo.reference == "lora_disabled" and cfg.model.adapt.strategy not in ("lora", "qlora"):
         raise ValueError("dpo.reference=lora_disabled needs model.adapt.strategy=lora (or qlora)")
-    reference_model = None
-    if cfg.dpo.reference == "copy":
-        reference_model = copy.deepcopy(policy).eval().requires_grad_(False).to(backend.device)
     trainable, total = count_parameters(policy)
     train, evaluation, report = _load_data(cfg, tokenizer, backend)
     global_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * backend.world_size
     max_steps = common.total_steps(cfg, len(train), global_batch)
     optimizer, scheduler = build_optimizer(policy, cfg.optim, max_steps)
     policy, optimizer = backend.prepare(policy, optimizer, scheduler)
+    reference_model = None
+    if cfg.dpo.reference == "copy":  # after the engine: under ZeRO-3 it gets an inference engine
+        reference_model = backend.prepare_frozen(disable_dropout(load_causal_lm(cfg.model)))
     pad_id = tokenizer.pad_token_id
     cache = None
     if cfg.dpo.reference == "precompute":  # before any update (and before resume loads weights)

@@ -7,7 +7,6 @@ controller) are reduced over all processes, so the result does not depend on how
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
@@ -86,20 +85,24 @@ def run(cfg: PPOConfig) -> dict:
     reference_mode = cfg.reference if cfg.reference != "auto" else ("lora_disabled" if lora else "copy")
     if reference_mode == "lora_disabled" and not lora:
         raise ValueError("reference=lora_disabled needs model.adapt.strategy=lora (or qlora)")
-    reference = copy.deepcopy(policy).eval().requires_grad_(False).to(backend.device) if reference_mode == "copy" else None
     policy = apply_adaptation(policy, cfg.model.adapt)
     critic = load_critic(cfg.critic.init_from or cfg.model.name_or_path, cfg.critic.adapt,
                          pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
                          gradient_checkpointing=cfg.model.gradient_checkpointing)
     model = ActorCritic(policy, critic)
     trainable, total = count_parameters(model)
-    scorer = Scorer(cfg.reward.model, cfg.reward.functions, cfg.reward.weights, normalize=cfg.reward.normalize,
-                    device=backend.device)
+
     prompts, report = _load_prompts(cfg, tokenizer, backend)
     updates_per_step = cfg.ppo.epochs * (cfg.rollout.batch_size // mini_batch)
     lr_groups = {"critic.": cfg.critic.lr} if cfg.critic.lr is not None else None
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.max_steps * updates_per_step, lr_groups)
     model, optimizer = backend.prepare(model, optimizer, scheduler)
+    # Frozen models after the engine is set up (under ZeRO-3 they get inference engines of their own).
+    reference = None
+    if reference_mode == "copy":
+        reference = backend.prepare_frozen(disable_dropout(load_causal_lm(cfg.model)))
+    scorer = Scorer(cfg.reward.model, cfg.reward.functions, cfg.reward.weights, normalize=cfg.reward.normalize,
+                    device=backend.device, prepare=backend.prepare_frozen)
     kl_ctl = make_kl_controller(cfg.kl.controller, cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
     start_step, resume = common.resume(cfg, backend)
     if resume is not None:

@@ -52,9 +52,9 @@ def test_unknown_key_names_the_key_and_suggests(capsys):
 
 def test_help_lists_every_stage_and_unbuilt_ones_say_so():
     out = subprocess.run([sys.executable, "-m", "rlhf.cli", "--help"], capture_output=True, text=True, check=True).stdout
-    for stage in ("sft", "rm", "ppo", "dpo", "pipeline", "data"):
+    for stage in ("sft", "rm", "ppo", "dpo", "pipeline", "data", "eval"):
         assert stage in out
-    result = subprocess.run([sys.executable, "-m", "rlhf.cli", "ppo", "--config", "x.yaml"],
+    result = subprocess.run([sys.executable, "-m", "rlhf.cli", "pipeline", "--config", "x.yaml"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "not available" in result.stderr
 

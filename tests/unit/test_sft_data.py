@@ -107,8 +107,6 @@ def test_packed_logits_equal_separate_logits(tiny_tokenizer, tiny_model_path):
 
 
 def test_collate_right_pads_with_mask_and_ignored_labels():
-    from preference_data.collate import Row
-
     rows = [single_row_like((5, 6, 7), (IGNORE_INDEX, 6, 7)), single_row_like((8,), (8,))]
     batch = collate_rows(rows, pad_token_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]

@@ -1,0 +1,84 @@
+"""PPO and DPO on 2 CPU processes (DDP over gloo, DeepSpeed ZeRO-3) match 1 process.
+
+PPO: each generation chunk's seed is a function of its place in the global batch, so 2 processes
+sample exactly what 1 process samples; with one mini-batch per step the update sees the same
+global batch, whitening statistics and token counts, so the weights must agree. Under ZeRO-3 the
+policy's sharded weights are gathered for generation. DPO: the reference log-probs are
+precomputed under ZeRO-3 too.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import REPO, launch_command
+from rlhf.config import load_config
+from rlhf.stages.dpo import DPOConfig
+from rlhf.stages.dpo import run as run_dpo
+from rlhf.stages.ppo import PPOConfig
+from rlhf.stages.ppo import run as run_ppo
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+PPO_ARGS = ["tracking.mode=disabled", "tracking.progress=false", "model.name_or_path=builtin:tiny",
+            "data.prompts=['builtin:judged-prompts?n=100']", "rollout.batch_size=16", "rollout.max_new_tokens=10",
+            "rollout.generation_batch_size=8", "ppo.epochs=2", "checkpoint.save_steps=0", "max_steps=2",
+            "kl.controller=adaptive", "kl.horizon=200"]
+DPO_ARGS = ["tracking.mode=disabled", "tracking.progress=false", "eval_steps=0", "data.max_length=96",
+            "checkpoint.save_steps=0", "max_steps=3", "model.name_or_path=builtin:tiny",
+            "data.train=['builtin:judged-pairwise?n=120']", "data.eval=['builtin:judged-pairwise?n=30&seed=9']"]
+
+
+def launch(tmp_path, name, engine, port, stage, config, args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
+    env["OMP_NUM_THREADS"] = "1"
+    accelerate_config = None
+    if engine == "ddp":
+        env["ACCELERATE_USE_CPU"] = "1"
+    else:
+        accelerate_config = str(REPO / f"configs/accelerate/{engine}.yaml")
+    cmd = launch_command(accelerate_config, 2, port) + [stage, "--config", config, f"output_dir={tmp_path / name}", *args]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return json.loads((tmp_path / name / "summary.json").read_text())
+
+
+def assert_same_weights(a_dir, b_dir, atol=5e-6):
+    a = load_file(str(a_dir / "model" / "model.safetensors"))
+    b = load_file(str(b_dir / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero3"])
+def test_ppo_two_processes_match_one(tmp_path, engine):
+    run_ppo(load_config(PPOConfig, str(REPO / "configs/ppo/tiny.yaml"),
+                        [f"output_dir={tmp_path / 'single'}", *PPO_ARGS, "batch.micro_batch_size=16"]))
+    summary = launch(tmp_path, engine, engine, 29551 if engine == "ddp" else 29552, "ppo", "configs/ppo/tiny.yaml",
+                     [*PPO_ARGS, "batch.micro_batch_size=4", "batch.grad_accum=2"])
+    assert summary["world_size"] == 2 and summary["zero_stage"] == (3 if engine == "zero3" else None)
+    single = [json.loads(l) for l in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    multi = [json.loads(l) for l in (tmp_path / engine / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(single, multi):
+        for key in ("score", "response_length", "eos_rate", "kl", "kl_coef"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), key
+    assert_same_weights(tmp_path / "single", tmp_path / engine, atol=2e-5)
+
+
+def test_dpo_zero3_with_precomputed_reference_matches_one_process(tmp_path):
+    run_dpo(load_config(DPOConfig, str(REPO / "configs/dpo/tiny.yaml"),
+                        [f"output_dir={tmp_path / 'single'}", *DPO_ARGS, "batch.micro_batch_size=8"]))
+    summary = launch(tmp_path, "zero3", "zero3", 29553, "dpo", "configs/dpo/tiny.yaml",
+                     [*DPO_ARGS, "batch.micro_batch_size=2", "batch.grad_accum=2"])
+    single = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert summary["zero_stage"] == 3 and summary["first_loss"] == pytest.approx(0.6931472, abs=1e-4)
+    assert summary["eval_accuracy"] == pytest.approx(single["eval_accuracy"])
+    ref_single = torch.load(tmp_path / "single" / "reference_logps.pt", weights_only=True)
+    ref_zero = torch.load(tmp_path / "zero3" / "reference_logps.pt", weights_only=True)
+    torch.testing.assert_close(ref_single["train"], ref_zero["train"], atol=1e-4, rtol=1e-5)
+    assert_same_weights(tmp_path / "single", tmp_path / "zero3")

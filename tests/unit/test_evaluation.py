@@ -1,0 +1,268 @@
+"""Evaluation helpers: win rate with its interval, model folders, reward functions and the weighted
+scorer, and the per-response KL of `sample_with_kl` against an independent computation."""
+
+import copy
+import math
+import sys
+
+import pytest
+import torch
+
+from rlhf.evaluation import model_folder, sample_with_kl, win_rate
+from rlhf.rewards import Scorer, load_function
+from rlhf.rollout import SamplingConfig, render_prompt, sample
+
+PROMPTS = [
+    "Hi",
+    "Write a short note about a red apple, please.",
+    "What is the capital of France?",
+    "ok",
+    "Tell me about the blue car.",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The models are tiny: one thread is as fast, and far faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def approx(x):
+    return pytest.approx(x, rel=1e-9, abs=1e-12)
+
+
+# ---------- win_rate ----------
+
+
+def test_win_rate_hand_computed():
+    # outcomes per prompt: win, tie, loss, win, tie -> 1, 0.5, 0, 1, 0.5
+    result = win_rate([3.0, 1.0, 2.0, 5.0, 0.0], [1.0, 1.0, 4.0, 2.0, 0.0])
+    assert result["wins"] == approx(0.4)
+    assert result["ties"] == approx(0.4)
+    assert result["losses"] == approx(0.2)
+    assert result["win_rate"] == approx(0.6)  # (2 + 2 * 0.5) / 5
+    # sample variance: (0.4^2 + 0.1^2 + 0.6^2 + 0.4^2 + 0.1^2) / 4 = 0.70 / 4
+    half = 1.96 * math.sqrt(0.70 / 4) / math.sqrt(5)
+    assert half == pytest.approx(0.366683, abs=1e-6)
+    assert result["ci95_low"] == approx(0.6 - half)
+    assert result["ci95_high"] == approx(0.6 + half)
+
+
+def test_win_rate_interval_is_clipped_to_unit_range():
+    # outcomes 1, 1, 1, 0.5: mean 0.875, sample std 0.25, half-width 1.96 * 0.25 / 2 = 0.245
+    high = win_rate([2, 2, 2, 1], [1, 1, 1, 1])
+    assert high["win_rate"] == approx(0.875)
+    assert high["ci95_low"] == approx(0.875 - 0.245)
+    assert high["ci95_high"] == 1.0
+    # the mirror image: outcomes 0, 0, 0, 0.5
+    low = win_rate([1, 1, 1, 1], [2, 2, 2, 1])
+    assert low["win_rate"] == approx(0.125)
+    assert low["ci95_low"] == 0.0
+    assert low["ci95_high"] == approx(0.125 + 0.245)
+    assert (low["wins"], low["ties"], low["losses"]) == (0.0, 0.25, 0.75)
+
+
+def test_win_rate_all_wins_has_a_zero_width_interval():
+    result = win_rate([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert result == {"win_rate": 1.0, "ci95_low": 1.0, "ci95_high": 1.0, "wins": 1.0, "ties": 0.0, "losses": 0.0}
+
+
+@pytest.mark.parametrize("scores, baseline", [([1.0, 2.0], [1.0]), ([1.0], [1.0, 2.0]), ([], []), ([], [1.0])])
+def test_win_rate_rejects_unequal_or_empty_lists(scores, baseline):
+    with pytest.raises(ValueError, match=f"equally long, non-empty.*got {len(scores)} and {len(baseline)}"):
+        win_rate(scores, baseline)
+
+
+# ---------- model_folder ----------
+
+
+def test_model_folder_run_with_model(tmp_path):
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    assert model_folder(str(tmp_path / "run")) == str(tmp_path / "run" / "model")
+
+
+def test_model_folder_run_with_merged_lora(tmp_path):
+    (tmp_path / "run" / "model" / "merged").mkdir(parents=True)
+    assert model_folder(str(tmp_path / "run")) == str(tmp_path / "run" / "model" / "merged")
+    # a model folder that holds merged/ directly
+    assert model_folder(str(tmp_path / "run" / "model")) == str(tmp_path / "run" / "model" / "merged")
+
+
+def test_model_folder_plain_folder_unchanged(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    (plain / "model").write_text("a file, not a folder")  # only folders count
+    assert model_folder(str(plain)) == str(plain)
+    assert model_folder("builtin:tiny") == "builtin:tiny"
+
+
+# ---------- rewards.load_function ----------
+
+
+def test_load_function_good_spec():
+    from preference_data.synthetic import judge
+
+    assert load_function("preference_data.synthetic:judge") is judge
+
+
+@pytest.mark.parametrize("spec", ["nocolon", ":judge", "preference_data.synthetic:"])
+def test_load_function_malformed_spec(spec):
+    with pytest.raises(ValueError, match=r"must look like 'package\.module:function'") as err:
+        load_function(spec)
+    assert repr(spec) in str(err.value)
+
+
+def test_load_function_missing_module():
+    with pytest.raises(ValueError, match=r"cannot import module 'no_such_module_for_rlhf_tests'"):
+        load_function("no_such_module_for_rlhf_tests:f")
+
+
+@pytest.mark.parametrize("name", ["no_such_function", "TARGET_WORDS"])
+def test_load_function_missing_or_non_callable_attribute(name):
+    with pytest.raises(ValueError, match=rf"module 'preference_data\.synthetic' has no function '{name}'"):
+        load_function(f"preference_data.synthetic:{name}")
+
+
+# ---------- rewards.Scorer ----------
+
+REWARD_MODULE = "_rlhf_test_reward_functions"
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    (tmp_path / f"{REWARD_MODULE}.py").write_text(
+        "def response_chars(prompt, response):\n"
+        "    return len(response)\n"
+        "\n"
+        "def prompt_words(prompt, response):\n"
+        "    return len(prompt.split())\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield REWARD_MODULE
+    sys.modules.pop(REWARD_MODULE, None)
+
+
+def test_scorer_weighted_sum(reward_module):
+    specs = [f"{reward_module}:response_chars", f"{reward_module}:prompt_words"]
+    scorer = Scorer(None, specs, [2, -1])
+    prompts = ["a b c", "one", "x y"]
+    responses = ["hello", "", "four"]
+    # response_chars: 5, 0, 4; prompt_words: 3, 1, 2 -> 2 * chars - words
+    scores = scorer.score(prompts, responses)
+    assert scores.dtype == torch.float32
+    assert scores.tolist() == [7.0, -1.0, 6.0]
+    assert [name for name, _ in scorer.sources] == specs
+
+
+def test_scorer_default_weights_are_ones(reward_module):
+    scorer = Scorer("", [f"{reward_module}:response_chars", f"{reward_module}:prompt_words"], [])
+    assert scorer.weights == [1.0, 1.0]
+    assert scorer.score(("a b c", "one"), ("hello", "")).tolist() == [8.0, 1.0]
+
+
+def test_scorer_wrong_number_of_weights(reward_module):
+    specs = [f"{reward_module}:response_chars", f"{reward_module}:prompt_words"]
+    with pytest.raises(ValueError, match=r"reward\.weights has 3 entries for 2 sources") as err:
+        Scorer(None, specs, [1.0, 2.0, 3.0])
+    assert all(spec in str(err.value) for spec in specs)
+
+
+def test_scorer_without_sources():
+    with pytest.raises(ValueError, match=r"no reward: set reward\.model and/or reward\.functions"):
+        Scorer(None, [], [1.0])
+
+
+def test_scorer_bad_function_spec_names_it():
+    with pytest.raises(ValueError, match=r"'nocolon' must look like"):
+        Scorer(None, ["nocolon"], [])
+
+
+# ---------- sample_with_kl ----------
+
+
+def load_tiny():
+    from rlhf.models import load_causal_lm
+    from rlhf.sections import ModelConfig
+
+    return load_causal_lm(ModelConfig(name_or_path="builtin:tiny"), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_tokenizer):
+    """builtin:tiny with its EOS row pointed along the mean hidden state, so responses end at
+    different lengths (some with EOS, some without)."""
+    model = load_tiny()
+    enc = tiny_tokenizer([render_prompt(tiny_tokenizer, p) for p in PROMPTS], add_special_tokens=False,
+                         padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
+        direction = hidden[enc["attention_mask"].bool()].mean(0)
+        model.lm_head.weight[tiny_tokenizer.eos_token_id] = direction / direction.norm()
+    return model
+
+
+@pytest.fixture(scope="module")
+def reference(policy):
+    ref = copy.deepcopy(policy)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        ref.lm_head.weight.add_(0.1 * torch.randn(ref.lm_head.weight.shape, generator=g))
+    return ref.eval()
+
+
+def plain_sequence_logps(model, samples, temperature):
+    """Per row: sum of the log-probs of its valid response tokens from one unpadded forward pass."""
+    out = []
+    P = samples.prompt_length
+    for row in range(samples.input_ids.shape[0]):
+        prompt = samples.input_ids[row, :P][samples.attention_mask[row, :P].bool()]
+        response = samples.response_ids[row][samples.response_mask[row].bool()]
+        with torch.no_grad():
+            logits = model(input_ids=torch.cat([prompt, response]).unsqueeze(0)).logits[0].float()
+        logps = torch.log_softmax(logits / temperature, dim=-1)
+        out.append(sum(logps[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(response.tolist())))
+    return out
+
+
+def test_sample_with_kl_same_model_is_zero(policy, tiny_tokenizer):
+    cfg = SamplingConfig(max_new_tokens=8)
+    result = sample_with_kl(policy, policy, tiny_tokenizer, PROMPTS, cfg, batch_size=2, seed=0)
+    assert set(result) == {"texts", "kl", "length", "ended"}
+    for key in ("texts", "kl", "length", "ended"):
+        assert len(result[key]) == len(PROMPTS)
+    assert all(abs(kl) < 1e-6 for kl in result["kl"])
+    assert all(1 <= n <= 8 for n in result["length"])
+    assert all(isinstance(e, bool) for e in result["ended"])
+    assert any(n < 8 for n in result["length"])  # some responses ended early
+    # A response that did not end runs to max_new_tokens; an ended one counts its EOS.
+    assert all(n == 8 for n, e in zip(result["length"], result["ended"]) if not e)
+
+    none = sample_with_kl(policy, None, tiny_tokenizer, PROMPTS, cfg, batch_size=2, seed=0)
+    assert none["kl"] == [0.0] * len(PROMPTS)
+    assert none["texts"] == result["texts"]  # same seed, same samples
+
+
+@pytest.mark.parametrize("cfg, kl_temperature", [
+    (SamplingConfig(max_new_tokens=8, temperature=1.0), 1.0),
+    (SamplingConfig(max_new_tokens=8, temperature=0.7), 0.7),
+    (SamplingConfig(max_new_tokens=8, temperature=0.7, do_sample=False), 1.0),  # greedy: plain logits
+])
+def test_sample_with_kl_matches_independent_computation(policy, reference, tiny_tokenizer, cfg, kl_temperature):
+    seed = 7
+    result = sample_with_kl(policy, reference, tiny_tokenizer, PROMPTS, cfg, batch_size=len(PROMPTS), seed=seed)
+    # One batch: the same samples as a direct call with the same seed.
+    samples = sample(policy, tiny_tokenizer, PROMPTS, cfg, generator_seed=seed)
+    assert result["texts"] == samples.texts
+    assert result["length"] == samples.response_mask.sum(-1).tolist()
+    assert result["ended"] == samples.ended.tolist()
+
+    logp = plain_sequence_logps(policy, samples, kl_temperature)
+    ref = plain_sequence_logps(reference, samples, kl_temperature)
+    expected = [a - b for a, b in zip(logp, ref)]
+    assert result["kl"] == pytest.approx(expected, abs=1e-3)
+    assert all(math.isfinite(k) for k in result["kl"])
+    assert any(abs(k) > 1e-2 for k in result["kl"])  # the perturbation is really visible
