@@ -2,6 +2,7 @@
 
     python scripts/bench.py sft [--model builtin:tiny] [--steps 30] [--batch 8] [--max-length 256] [--repeats 3]
     python scripts/bench.py rm  [...same options; batch = preference pairs per step]
+    python scripts/bench.py dpo [...same options] [--reference precompute|copy] [--gradient-checkpointing]
     python scripts/bench.py import
     python scripts/bench.py data [--records 1000000]
 
@@ -9,6 +10,14 @@ Each measurement runs in a fresh subprocess (so peak memory is per framework), t
 frameworks alternate, and the medians over repeats are reported with their ratio. Both sides
 get the same model, examples, batch size, sequence limit, precision, optimizer and LR, and
 train on completion tokens only with the chat template applied.
+
+dpo: batch = preference pairs per optimizer step, sigmoid loss, beta 0.1, dropout off on both
+sides (each framework's default). --reference precompute compares our dpo.reference=precompute
+with TRL's precompute_ref_log_probs=True; --reference copy compares our frozen copy
+(dpo.reference=copy) with TRL's default (ref_model=None: TRL loads a frozen copy and runs it on
+every step). The reference precompute happens before the first step on both sides and is not
+timed. Tokens per step are the chosen + rejected reply tokens (what our metrics count); the
+prompt, fed twice, is not counted on either side.
 """
 
 from __future__ import annotations
@@ -105,7 +114,7 @@ def _trl(args) -> dict:
             gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="constant",
             max_length=args.max_length, packing=False, completion_only_loss=True, save_strategy="no",
             report_to="none", logging_steps=10**6, dataloader_num_workers=0, use_cpu=True, bf16=False,
-            disable_tqdm=True, seed=0,
+            disable_tqdm=True, seed=0, gradient_checkpointing=False,  # TRL's default is True; ours is off
         )
         trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                              callbacks=[_step_timer(times)])
@@ -149,16 +158,76 @@ def _trl_rm(args) -> dict:
             output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch,
             learning_rate=1e-4, lr_scheduler_type="constant", max_length=args.max_length, save_strategy="no",
             report_to="none", logging_steps=10**6, dataloader_num_workers=0, use_cpu=True, bf16=False,
-            disable_tqdm=True, seed=0,
+            disable_tqdm=True, seed=0, gradient_checkpointing=False,  # TRL's default is True; ours is off
         )
         RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                       callbacks=[_step_timer(times)]).train()
     return {"step_time_s": statistics.median(times[WARMUP_STEPS:]), "tokens_per_step": 0.0}
 
 
+def _ours_dpo(args) -> dict:
+    extra = ["data.eval_fraction=0", "dpo.loss_type=sigmoid", "dpo.beta=0.1", "dpo.sft_weight=0",
+             f"dpo.reference={args.reference}", "data.chat_template=true",
+             f"model.gradient_checkpointing={'true' if args.gradient_checkpointing else 'false'}"]
+    steps = _run_ours("dpo", args, _pairs(args.examples), *extra)
+    # Our tokens_per_s counts the reply tokens of chosen + rejected (the prompt is masked out).
+    tokens = statistics.mean(r["tokens_per_s"] * r["step_time_s"] for r in steps)
+    return {"step_time_s": statistics.median(r["step_time_s"] for r in steps), "tokens_per_step": tokens}
+
+
+def _trl_dpo(args) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from rlhf.models import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    data = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": r["prompt"]}],
+         "chosen": [{"role": "assistant", "content": r["chosen"]}],
+         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+        for r in _pairs(args.examples)
+    ])
+    times: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = DPOConfig(
+            output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0,
+            max_length=args.max_length, loss_type=["sigmoid"], beta=0.1,
+            precompute_ref_log_probs=args.reference == "precompute",
+            gradient_checkpointing=args.gradient_checkpointing, padding_free=False, disable_dropout=True,
+            save_strategy="no", eval_strategy="no", report_to="none", logging_steps=10**6,
+            dataloader_num_workers=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True, seed=0,
+        )
+        # ref_model=None: TRL builds the frozen reference itself (or, with precompute, computes the
+        # reference log-probs in __init__, before train(), so outside the step timer).
+        trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=data,
+                             processing_class=tokenizer, callbacks=[_step_timer(times)])
+        assert (trainer.ref_model is None) == (args.reference == "precompute")
+        # Reply tokens (chosen + rejected, after truncation) of each batch, counted as the collator
+        # builds it, so the timed steps' own batches are counted, as our metrics do. Wrapped after
+        # __init__, so the precompute's batches are not counted; calls come in step order.
+        batch_tokens: list[int] = []
+        collate = trainer.data_collator
+
+        def counting_collator(examples):
+            batch = collate(examples)
+            batch_tokens.append(int(batch["completion_mask"].sum()))
+            return batch
+
+        trainer.data_collator = counting_collator
+        trainer.train()
+    tokens = statistics.mean(batch_tokens[WARMUP_STEPS:args.steps])
+    return {"step_time_s": statistics.median(times[WARMUP_STEPS:]), "tokens_per_step": tokens}
+
+
 def _child(args) -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
-    runners = {("sft", "ours"): _ours, ("sft", "trl"): _trl, ("rm", "ours"): _ours_rm, ("rm", "trl"): _trl_rm}
+    runners = {("sft", "ours"): _ours, ("sft", "trl"): _trl, ("rm", "ours"): _ours_rm, ("rm", "trl"): _trl_rm,
+               ("dpo", "ours"): _ours_dpo, ("dpo", "trl"): _trl_dpo}
     result = runners[(args.what, args.framework)](args)
     result["peak_rss_bytes"] = _peak_rss()
     print("RESULT " + json.dumps(result), flush=True)
@@ -166,7 +235,8 @@ def _child(args) -> None:
 
 def _spawn(args, framework: str) -> dict:
     cmd = [sys.executable, __file__, args.what, "--child", framework, "--model", args.model, "--steps", str(args.steps),
-           "--batch", str(args.batch), "--max-length", str(args.max_length), "--examples", str(args.examples)]
+           "--batch", str(args.batch), "--max-length", str(args.max_length), "--examples", str(args.examples),
+           "--reference", args.reference] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
@@ -189,8 +259,16 @@ def bench_training(args) -> None:
             "tokens_per_s": tokens / step,
             "peak_rss_mib": statistics.median(r["peak_rss_bytes"] for r in results) / 2**20,
         }
+    setting = ""
+    if args.what == "dpo":
+        trl_reference = ("precompute_ref_log_probs=True" if args.reference == "precompute"
+                         else "frozen copy on the fly (TRL default)")
+        setting = (f", reference: ours dpo.reference={args.reference} vs TRL {trl_reference}"
+                   f", tokens = chosen + rejected reply tokens")
+    if args.gradient_checkpointing:
+        setting += ", gradient checkpointing"
     print(f"{args.what.upper()} {args.model}: batch {args.batch}, max_length {args.max_length}, fp32, {args.steps} steps "
-          f"({WARMUP_STEPS} warm-up not timed), median of {args.repeats}")
+          f"({WARMUP_STEPS} warm-up not timed), median of {args.repeats}{setting}")
     print(f"{'':8}{'steps/s':>10}{'tokens/s':>12}{'peak RSS MiB':>15}")
     for framework, row in table.items():
         print(f"{framework:8}{row['steps_per_s']:>10.2f}{row['tokens_per_s']:>12.0f}{row['peak_rss_mib']:>15.0f}")
@@ -239,7 +317,7 @@ def bench_data(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["sft", "rm", "import", "data"])
+    parser.add_argument("what", choices=["sft", "rm", "dpo", "import", "data"])
     parser.add_argument("--records", type=int, default=1_000_000, help="data: records in the generated file")
     parser.add_argument("--model", default="builtin:tiny")
     parser.add_argument("--steps", type=int, default=30)
@@ -247,11 +325,18 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reference", choices=["precompute", "copy"], default="precompute",
+                        help="dpo: ours dpo.reference=precompute vs TRL precompute_ref_log_probs=True, or "
+                             "ours dpo.reference=copy vs TRL's default frozen copy run on every step")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="dpo: gradient checkpointing on both sides (off by default)")
     parser.add_argument("--child", choices=["ours", "trl"], dest="framework")
     args = parser.parse_args()
+    if args.what != "dpo" and (args.gradient_checkpointing or args.reference != "precompute"):
+        parser.error("--reference and --gradient-checkpointing apply to dpo only")
     if args.framework:
         _child(args)
-    elif args.what in ("sft", "rm"):
+    elif args.what in ("sft", "rm", "dpo"):
         bench_training(args)
     elif args.what == "data":
         bench_data(args)

@@ -187,7 +187,8 @@ def run(cfg: PPOConfig) -> dict:
                                                    cfg.ppo.clip_eps, normalizer=normalizer)
                         vf, vf_m = ppo_value_loss(values.float(), old_values[idx], returns[idx], mask[idx],
                                                   cfg.ppo.value_clip_eps, normalizer=normalizer)
-                        entropy = masked_sum(entropy_from_logits(logits), mask[idx]) / normalizer
+                        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ppo.entropy_coef != 0):
+                            entropy = masked_sum(entropy_from_logits(logits), mask[idx]) / normalizer
                         loss = pg + cfg.ppo.vf_coef * vf - cfg.ppo.entropy_coef * entropy
                         if cfg.kl.in_loss:
                             kl = masked_sum(kl_penalty(logps, ref_logps[idx], "k3"), mask[idx]) / normalizer
