@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from rlhf.rollout import Samples, position_ids
+from rlhf.ops import token_logprobs
+from rlhf.rollout import Samples, position_ids, response_logprobs
 
 
 class ActorCritic(nn.Module):
@@ -69,11 +70,7 @@ def load_critic(name_or_path: str, adapt, *, pad_token_id: int, vocab_size: int,
 def reference_logprobs(model, reference: Optional[nn.Module], samples: Samples, temperature: float, unwrap):
     """Response log-probs [B, R] under the reference: a frozen copy, or the policy with its LoRA
     adapters disabled (``reference`` None), run through the engine so ZeRO-3 can gather weights."""
-    from rlhf.ops import token_logprobs
-
     if reference is not None:
-        from rlhf.rollout import response_logprobs
-
         return response_logprobs(reference, samples, temperature)
     with unwrap(model).policy.disable_adapter():
         logits, _ = forward_samples(model, samples, temperature, with_values=False)

@@ -12,14 +12,20 @@ from rlhf.ops import masked_mean, masked_var
 
 
 def whiten(
-    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    *,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Normalise ``values`` to unit variance (and, by default, zero mean) over the valid tokens.
 
     Mean and variance are taken over the positions where ``mask`` is true only, so padding
     never shifts the statistics. The variance is the population (biased, divide-by-n) one; see
-    ``rlhf.ops.masked_var``. Statistics are those of the tensor given: a caller that wants them
-    over the global batch gathers it first.
+    ``rlhf.ops.masked_var``. Statistics are those of the tensor given, unless ``stats`` passes
+    others: a distributed caller reduces ``masked_moments`` over its processes and passes the
+    global (mean, variance).
 
     ``shift_mean=False`` rescales without centring (``(x - mean) / std + mean``): the
     ``keep_mean`` form for rewards, whose mean carries the signal; advantages use the default.
@@ -30,18 +36,36 @@ def whiten(
         mask: [B, T] bool or 0/1, true at the valid tokens.
         shift_mean: centre to zero mean (True) or keep the original mean (False).
         eps: added to the variance before the square root.
+        stats: (mean, variance) scalars to use instead of this tensor's own.
     Returns:
         [B, T] whitened values in the dtype of ``values``; 0 outside the mask.
     """
     keep = mask.bool()
     zeros = torch.zeros_like(values)
     clean = torch.where(keep, values, zeros)
-    mean = masked_mean(clean, keep)
-    var = masked_var(clean, keep)
+    if stats is None:
+        mean, var = masked_mean(clean, keep), masked_var(clean, keep)
+    else:
+        mean, var = (torch.as_tensor(x, dtype=values.dtype, device=values.device) for x in stats)
     whitened = (clean - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(keep, whitened, zeros)
+
+
+def masked_moments(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[3] float64 (sum, sum of squares, count) over the valid entries: additive, so processes
+    can all-reduce them before ``moments_to_stats``."""
+    keep = mask.bool()
+    clean = torch.where(keep, values, torch.zeros_like(values)).double()
+    return torch.stack([clean.sum(), (clean * clean).sum(), keep.sum().double()])
+
+
+def moments_to_stats(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, population variance) from summed ``masked_moments``."""
+    count = moments[2].clamp(min=1)
+    mean = moments[0] / count
+    return mean, (moments[1] / count - mean * mean).clamp(min=0)
 
 
 def gae(

@@ -170,14 +170,3 @@ def response_logprobs(model, samples: Samples, temperature: float = 1.0) -> torc
     """Log-probs [B, R] of the sampled response tokens under `model` (0 outside the response mask)."""
     logits = response_logits(model, samples, temperature)
     return token_logprobs(logits, samples.response_ids) * samples.response_mask
-
-
-def generate(model, tokenizer, prompts: Sequence, *, max_new_tokens: int = 48, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, do_sample: bool = True, batch_size: int = 16,
-             chat_template: bool = True) -> list[str]:
-    """Texts of one response per prompt, in batches of `batch_size`."""
-    sampling = SamplingConfig(max_new_tokens, temperature, top_k, top_p, do_sample)
-    out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        out += sample(model, tokenizer, prompts[start : start + batch_size], sampling, chat_template=chat_template).texts
-    return out

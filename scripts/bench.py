@@ -109,13 +109,7 @@ def _trl(args) -> dict:
     ])
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = TRLConfig(
-            output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch,
-            gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="constant",
-            max_length=args.max_length, packing=False, completion_only_loss=True, save_strategy="no",
-            report_to="none", logging_steps=10**6, dataloader_num_workers=0, use_cpu=True, bf16=False,
-            disable_tqdm=True, seed=0, gradient_checkpointing=False,  # TRL's default is True; ours is off
-        )
+        config = TRLConfig(**_trl_common(args, tmp), packing=False, completion_only_loss=True)
         trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                              callbacks=[_step_timer(times)])
         trainer.train()
@@ -124,10 +118,36 @@ def _trl(args) -> dict:
     return {"step_time_s": statistics.median(times[WARMUP_STEPS:]), "tokens_per_step": tokens}
 
 
+def _trl_common(args, output_dir: str) -> dict:
+    """TrainingArguments both sides share: steps, batch, LR, fp32 on CPU, no saving or logging.
+
+    Gradient checkpointing is off unless asked: TRL's configs default it to on, ours to off.
+    """
+    return dict(
+        output_dir=output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0,
+        max_length=args.max_length, save_strategy="no", report_to="none", logging_steps=10**6,
+        dataloader_num_workers=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True, seed=0,
+        gradient_checkpointing=getattr(args, "gradient_checkpointing", False),
+    )
+
+
 def _pairs(n: int) -> list[dict]:
     from preference_data.synthetic_prefs import pairwise_records
 
     return pairwise_records(n, seed=0)
+
+
+def _trl_pairs(n: int):
+    """The benchmark's preference pairs as a TRL conversational dataset."""
+    from datasets import Dataset
+
+    return Dataset.from_list([
+        {"prompt": [{"role": "user", "content": r["prompt"]}],
+         "chosen": [{"role": "assistant", "content": r["chosen"]}],
+         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+        for r in _pairs(n)
+    ])
 
 
 def _ours_rm(args) -> dict:
@@ -136,7 +156,6 @@ def _ours_rm(args) -> dict:
 
 
 def _trl_rm(args) -> dict:
-    from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
@@ -146,20 +165,10 @@ def _trl_rm(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    data = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": r["prompt"]}],
-         "chosen": [{"role": "assistant", "content": r["chosen"]}],
-         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
-        for r in _pairs(args.examples)
-    ])
+    data = _trl_pairs(args.examples)
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = RewardConfig(
-            output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch,
-            learning_rate=1e-4, lr_scheduler_type="constant", max_length=args.max_length, save_strategy="no",
-            report_to="none", logging_steps=10**6, dataloader_num_workers=0, use_cpu=True, bf16=False,
-            disable_tqdm=True, seed=0, gradient_checkpointing=False,  # TRL's default is True; ours is off
-        )
+        config = RewardConfig(**_trl_common(args, tmp))
         RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                       callbacks=[_step_timer(times)]).train()
     return {"step_time_s": statistics.median(times[WARMUP_STEPS:]), "tokens_per_step": 0.0}
@@ -176,7 +185,6 @@ def _ours_dpo(args) -> dict:
 
 
 def _trl_dpo(args) -> dict:
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
@@ -185,23 +193,12 @@ def _trl_dpo(args) -> dict:
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    data = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": r["prompt"]}],
-         "chosen": [{"role": "assistant", "content": r["chosen"]}],
-         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
-        for r in _pairs(args.examples)
-    ])
+    data = _trl_pairs(args.examples)
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = DPOConfig(
-            output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch,
-            gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0,
-            max_length=args.max_length, loss_type=["sigmoid"], beta=0.1,
-            precompute_ref_log_probs=args.reference == "precompute",
-            gradient_checkpointing=args.gradient_checkpointing, padding_free=False, disable_dropout=True,
-            save_strategy="no", eval_strategy="no", report_to="none", logging_steps=10**6,
-            dataloader_num_workers=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True, seed=0,
-        )
+        config = DPOConfig(**_trl_common(args, tmp), loss_type=["sigmoid"], beta=0.1,
+                           precompute_ref_log_probs=args.reference == "precompute", padding_free=False,
+                           disable_dropout=True, eval_strategy="no")
         # ref_model=None: TRL builds the frozen reference itself (or, with precompute, computes the
         # reference log-probs in __init__, before train(), so outside the step timer).
         trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=data,

@@ -36,3 +36,46 @@ def launch_command(config_file: str | None, num_processes: int, port: int) -> li
 def constant_reward(prompt, response) -> float:
     """A reward function for tests (given as `helpers:constant_reward`)."""
     return 7.0
+
+
+def load_tiny_lm():
+    """builtin:tiny as a float32 causal LM in eval mode."""
+    import torch
+
+    from rlhf.models import load_causal_lm
+    from rlhf.sections import ModelConfig
+
+    return load_causal_lm(ModelConfig(name_or_path="builtin:tiny"), dtype=torch.float32).eval()
+
+
+def point_eos_along_mean_hidden(model, tokenizer, prompts, scale: float = 1.0):
+    """Sets the EOS row of lm_head to ``scale`` x the unit mean final hidden state of ``prompts``,
+    so a randomly initialised model ends some responses early and lets others run on."""
+    import torch
+
+    from rlhf.rollout import render_prompt
+
+    enc = tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False,
+                    padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
+        direction = hidden[enc["attention_mask"].bool()].mean(0)
+        model.lm_head.weight[tokenizer.eos_token_id] = scale * direction / direction.norm()
+    return model
+
+
+def plain_response_logprobs(model, samples, temperature: float) -> list:
+    """Per row of ``samples``: the log-probs of its valid response tokens from one unpadded
+    forward pass (an implementation independent of rlhf.rollout's batched one)."""
+    import torch
+
+    out = []
+    P = samples.prompt_length
+    for row in range(samples.input_ids.shape[0]):
+        prompt = samples.input_ids[row, :P][samples.attention_mask[row, :P].bool()]
+        response = samples.response_ids[row][samples.response_mask[row].bool()]
+        with torch.no_grad():
+            logits = model(input_ids=torch.cat([prompt, response]).unsqueeze(0)).logits[0].float()
+        logps = torch.log_softmax(logits / temperature, dim=-1)
+        out.append(torch.stack([logps[len(prompt) - 1 + j, tok] for j, tok in enumerate(response.tolist())]))
+    return out

@@ -14,7 +14,7 @@ import torch
 
 from preference_data.validate_preferences import load_kind
 from rlhf.actor_critic import ActorCritic, forward_samples, load_critic, reference_logprobs
-from rlhf.advantages import explained_variance, gae
+from rlhf.advantages import explained_variance, gae, masked_moments, moments_to_stats, whiten
 from rlhf.checkpoint import read_checkpoint_state, save_checkpoint
 from rlhf.kl import kl_penalty, make_kl_controller
 from rlhf.losses import ppo_policy_loss, ppo_value_loss
@@ -48,16 +48,10 @@ def _load_prompts(cfg: PPOConfig, tokenizer, backend) -> tuple[list, object]:
     return prompts, report
 
 
-def _global_whiten(values, mask, backend, shift_mean: bool = True, eps: float = 1e-8):
-    """Whitening with mean and variance over the valid entries of every process's batch."""
-    m = mask.to(values.dtype)
-    stats = backend.all_reduce_sum(torch.stack([(values * m).sum(), (values * values * m).sum(), m.sum()]).double())
-    mean = stats[0] / stats[2].clamp(min=1)
-    var = (stats[1] / stats[2].clamp(min=1) - mean * mean).clamp(min=0)
-    out = (values - mean.float()) * torch.rsqrt(var.float() + eps)
-    if not shift_mean:
-        out = out + mean.float()
-    return out * m
+def _global_whiten(values, mask, backend):
+    """``whiten`` with the mean and variance over the valid entries of every process's batch."""
+    moments = backend.all_reduce_sum(masked_moments(values, mask))
+    return whiten(values, mask, stats=moments_to_stats(moments))
 
 
 def _save_policy(backend, model, tokenizer, folder: Path, merge: bool) -> Path:

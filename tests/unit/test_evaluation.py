@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
+from helpers import load_tiny_lm, plain_response_logprobs, point_eos_along_mean_hidden
 from rlhf.evaluation import model_folder, sample_with_kl, win_rate
 from rlhf.rewards import Scorer, load_function
-from rlhf.rollout import SamplingConfig, render_prompt, sample
+from rlhf.rollout import SamplingConfig, sample
 
 PROMPTS = [
     "Hi",
@@ -21,13 +22,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models are tiny: one thread is as fast, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def approx(x):
@@ -184,25 +179,11 @@ def test_scorer_bad_function_spec_names_it():
 # ---------- sample_with_kl ----------
 
 
-def load_tiny():
-    from rlhf.models import load_causal_lm
-    from rlhf.sections import ModelConfig
-
-    return load_causal_lm(ModelConfig(name_or_path="builtin:tiny"), dtype=torch.float32).eval()
-
-
 @pytest.fixture(scope="module")
 def policy(tiny_tokenizer):
     """builtin:tiny with its EOS row pointed along the mean hidden state, so responses end at
     different lengths (some with EOS, some without)."""
-    model = load_tiny()
-    enc = tiny_tokenizer([render_prompt(tiny_tokenizer, p) for p in PROMPTS], add_special_tokens=False,
-                         padding=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
-        direction = hidden[enc["attention_mask"].bool()].mean(0)
-        model.lm_head.weight[tiny_tokenizer.eos_token_id] = direction / direction.norm()
-    return model
+    return point_eos_along_mean_hidden(load_tiny_lm(), tiny_tokenizer, PROMPTS)
 
 
 @pytest.fixture(scope="module")
@@ -215,17 +196,7 @@ def reference(policy):
 
 
 def plain_sequence_logps(model, samples, temperature):
-    """Per row: sum of the log-probs of its valid response tokens from one unpadded forward pass."""
-    out = []
-    P = samples.prompt_length
-    for row in range(samples.input_ids.shape[0]):
-        prompt = samples.input_ids[row, :P][samples.attention_mask[row, :P].bool()]
-        response = samples.response_ids[row][samples.response_mask[row].bool()]
-        with torch.no_grad():
-            logits = model(input_ids=torch.cat([prompt, response]).unsqueeze(0)).logits[0].float()
-        logps = torch.log_softmax(logits / temperature, dim=-1)
-        out.append(sum(logps[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(response.tolist())))
-    return out
+    return [float(row.sum()) for row in plain_response_logprobs(model, samples, temperature)]
 
 
 def test_sample_with_kl_same_model_is_zero(policy, tiny_tokenizer):

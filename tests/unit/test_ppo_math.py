@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf.advantages import explained_variance, gae, whiten
+from rlhf.advantages import explained_variance, gae, masked_moments, moments_to_stats, whiten
 from rlhf.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -329,3 +329,17 @@ def test_controllers_state_dict_round_trip_and_factory():
         make_kl_controller("linear", 0.1)
     with pytest.raises(ValueError, match="target"):
         make_kl_controller("adaptive", 0.1)
+
+
+def test_whiten_with_summed_moments_equals_whiten_of_the_whole():
+    # Two "processes" each hold half the rows; their summed moments give the whole batch's stats.
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    mask = torch.rand(6, 5, generator=g) > 0.3
+    moments = masked_moments(values[:3], mask[:3]) + masked_moments(values[3:], mask[3:])
+    mean, var = moments_to_stats(moments)
+    kept = values[mask]
+    assert float(mean) == pytest.approx(float(kept.mean()))
+    assert float(var) == pytest.approx(float(kept.var(unbiased=False)))
+    halves = torch.cat([whiten(values[:3], mask[:3], stats=(mean, var)), whiten(values[3:], mask[3:], stats=(mean, var))])
+    torch.testing.assert_close(halves, whiten(values, mask))

@@ -4,6 +4,7 @@ and response log-probs checked against a plain, padding-free forward pass per ro
 import pytest
 import torch
 
+from helpers import load_tiny_lm, plain_response_logprobs, point_eos_along_mean_hidden
 from rlhf.rollout import (
     Samples,
     SamplingConfig,
@@ -29,39 +30,18 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models are tiny: one thread is as fast, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------- helpers ----------
 
 
-def load_tiny():
-    from rlhf.models import load_causal_lm
-    from rlhf.sections import ModelConfig
-
-    model = load_causal_lm(ModelConfig(name_or_path="builtin:tiny"), dtype=torch.float32)
-    return model.eval()
-
-
 def bias_towards_eos(model, tokenizer, prompts=PROMPTS, max_new_tokens=10):
     """Point the EOS row of lm_head along the mean final hidden state, so that random weights end
     some responses early and leave others running to max_new_tokens (both branches exercised)."""
-    enc = tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False,
-                    padding=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
-    direction = hidden[enc["attention_mask"].bool()].mean(0)
-    direction = direction / direction.norm()
     original = model.lm_head.weight[tokenizer.eos_token_id].clone()
     for alpha in (1.0, 0.8, 1.2, 0.7, 1.4):
-        with torch.no_grad():
-            model.lm_head.weight[tokenizer.eos_token_id] = alpha * direction
+        point_eos_along_mean_hidden(model, tokenizer, prompts, alpha)
         mixed = []
         for seed in SEEDS:
             ended = sample(model, tokenizer, prompts, SamplingConfig(max_new_tokens=max_new_tokens),
@@ -74,31 +54,16 @@ def bias_towards_eos(model, tokenizer, prompts=PROMPTS, max_new_tokens=10):
     pytest.fail("could not bias builtin:tiny into a mix of ended and unfinished responses")
 
 
-def plain_response_logprobs(model, samples: Samples, temperature: float) -> list[torch.Tensor]:
-    """Per row: the log-probs of its valid response tokens from one unpadded forward pass."""
-    out = []
-    P = samples.prompt_length
-    for row in range(samples.input_ids.shape[0]):
-        prompt = samples.input_ids[row, :P][samples.attention_mask[row, :P].bool()]
-        response = samples.response_ids[row][samples.response_mask[row].bool()]
-        sequence = torch.cat([prompt, response]).unsqueeze(0)
-        with torch.no_grad():
-            logits = model(input_ids=sequence).logits[0].float()
-        logps = torch.log_softmax(logits / temperature, dim=-1)
-        out.append(torch.stack([logps[len(prompt) - 1 + j, tok] for j, tok in enumerate(response.tolist())]))
-    return out
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return load_tiny()
+    return load_tiny_lm()
 
 
 @pytest.fixture(scope="module")
 def eos_model(tiny_tokenizer):
     torch.manual_seed(0)
-    return bias_towards_eos(load_tiny(), tiny_tokenizer)
+    return bias_towards_eos(load_tiny_lm(), tiny_tokenizer)
 
 
 # ---------- truncate_after_eos ----------
