@@ -262,7 +262,14 @@ class Backend:
         # Every process reaches the end before the process group is torn down: a process that
         # destroys it while another still uses it (the main one writing summaries) can abort.
         self.barrier()
-        self.accelerator.end_training()
+        self.accelerator.free_memory()  # drop the references to models, optimizers and engines
+        self.accelerator.end_training()  # destroys the process group
+        # accelerate keeps process-wide singletons that still describe the destroyed group; clear
+        # them so that the next stage of a pipeline, in this same process, sets everything up anew.
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
 
     def peak_memory_bytes(self) -> int:
         if torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""The ``rlhf`` command: ``rlhf sft|rm|ppo|dpo|pipeline|data|eval ...``.
+"""The ``rlhf`` command: ``rlhf sft|rm|ppo|dpo|pipeline|sweep|eval|export|chat|data ...``.
 
 ``accelerate launch scripts/train.py <stage> ...`` calls :func:`main` too, so both faces run
 the same code. Stage modules are imported only when their command runs.
@@ -10,24 +10,30 @@ import argparse
 import importlib
 import sys
 
-# stage name -> (module, config class, one-line description); None = not built yet
-STAGES: dict[str, tuple[str, str, str] | None] = {
+# stage name -> (module, config class, one-line description)
+STAGES: dict[str, tuple[str, str, str]] = {
     "sft": ("rlhf.stages.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or chat data"),
     "rm": ("rlhf.stages.rm", "RMConfig", "train a reward model on pairwise, ranked or rated preferences"),
     "ppo": ("rlhf.stages.ppo", "PPOConfig", "RLHF with PPO (clipped surrogate) against a reward model or function"),
     "dpo": ("rlhf.stages.dpo", "DPOConfig", "direct preference optimisation (alternative to reward model + PPO)"),
-    "pipeline": None,
 }
 DESCRIPTIONS = {
-    "rm": "train a reward model on pairwise, ranked or rated preferences",
-    "ppo": "RLHF with PPO (clipped surrogate) against a reward model or function",
-    "dpo": "direct preference optimisation (alternative to reward model + PPO)",
     "pipeline": "run SFT -> RM -> PPO and/or DPO in one command",
     "data": "validate, convert, split and inspect preference data",
     "eval": "compare policies on held-out prompts: judge / reward, win rate, KL",
+    "sweep": "grid or random search over config keys of a stage or pipeline, with a results table",
+    "export": "write a run's model as a merged save_pretrained folder (LoRA folded in)",
+    "chat": "talk to a model folder in the terminal",
 }
 # commands with their own argument parser: name -> module with main(argv)
-TOOLS = {"data": "rlhf.data_cli", "eval": "rlhf.eval_cli"}
+TOOLS = {
+    "pipeline": "rlhf.pipeline_cli",
+    "sweep": "rlhf.sweep_cli",
+    "eval": "rlhf.eval_cli",
+    "export": "rlhf.export_cli",
+    "chat": "rlhf.chat_cli",
+    "data": "rlhf.data_cli",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, entry in STAGES.items():
-        help_text = entry[2] if entry else f"{DESCRIPTIONS[name]} (not available yet)"
+        help_text = entry[2]
         stage = sub.add_parser(name, help=help_text, description=help_text)
         stage.add_argument("--config", "-c", help="YAML config file (see configs/)")
         stage.add_argument("--help-config", action="store_true", help="list every config key with its doc")
@@ -49,15 +55,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _not_available(name: str) -> int:
-    print(
-        f"rlhf {name}: this command is not available in this version yet ({DESCRIPTIONS[name]}). "
-        "Available now: " + ", ".join(k for k, v in STAGES.items() if v),
-        file=sys.stderr,
-    )
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in TOOLS:  # their own parsers, so that `rlhf data --help` reaches them
@@ -66,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return 0
-    if STAGES.get(args.command) is None:
-        return _not_available(args.command)
     module_name, class_name, _ = STAGES[args.command]
     from rlhf.config import ConfigError, describe, load_config
 

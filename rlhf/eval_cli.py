@@ -3,8 +3,8 @@
     rlhf eval --policy sft=runs/sft-tiny --policy dpo=runs/dpo-tiny \\
         --judge preference_data.synthetic:judge --seeds 0 1 2 --out runs/eval-tiny
 
-Writes `results.json`, `results.md` (a table) and `samples.jsonl` to --out. Exit 2 on bad
-arguments.
+Writes `results.json`, `results.md` (a table), `samples.jsonl` and PNG plots (`scores.png`,
+`win_rates.png`, `kl_length.png`) to --out. Exit 2 on bad arguments. From Python: `run_eval`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=50, help="prompts sampled together")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the models run (default auto: CUDA when available)")
     parser.add_argument("--out", required=True, help="output folder")
     return parser
 
@@ -48,7 +50,22 @@ def _policies(items: list[str]) -> dict[str, str]:
     return policies
 
 
-def _load(path: str):
+def _device(name: str):
+    """``auto`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
+def _load(path: str, device):
     from rlhf.evaluation import model_folder
     from rlhf.models import disable_dropout, load_causal_lm, load_tokenizer
     from rlhf.sections import ModelConfig
@@ -57,52 +74,65 @@ def _load(path: str):
     if not Path(folder).is_dir() and not folder.startswith("builtin:"):
         raise ValueError(f"policy folder {path!r} does not exist")
     cfg = ModelConfig(name_or_path=folder)
-    return disable_dropout(load_causal_lm(cfg).eval()), load_tokenizer(cfg)
+    return disable_dropout(load_causal_lm(cfg).to(device).eval()), load_tokenizer(cfg)
 
 
-def evaluate(args) -> dict:
+def evaluate(policies: dict[str, str], *, judge: str | None = None, reward_model: str | None = None,
+             baseline: str | None = None, reference: str | None = None, prompts: str = DEFAULT_PROMPTS,
+             seeds=(0,), temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
+             batch_size: int = 50, device: str = "auto") -> tuple[dict, list[dict]]:
+    """(results, samples): the numbers of `results.json` and the rows of `samples.jsonl`.
+    Arguments as in :func:`run_eval`."""
     from preference_data.validate_preferences import load_kind
     from rlhf.evaluation import sample_with_kl, win_rate
     from rlhf.rewards import load_function
     from rlhf.rollout import SamplingConfig
 
-    policies = _policies(args.policy)
-    baseline = args.baseline or next(iter(policies))
+    if not policies:
+        raise ValueError("give at least one policy to evaluate")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("give at least one sampling seed")
+    baseline = baseline or next(iter(policies))
     if baseline not in policies:
         raise ValueError(f"--baseline {baseline!r} is not one of the policies: {', '.join(policies)}")
-    if not args.judge and not args.reward_model:
+    if not judge and not reward_model:
         raise ValueError("give --judge MODULE:FUNCTION and/or --reward-model DIR to score responses")
-    judge = load_function(args.judge) if args.judge else None
+    target = _device(device)
+    judge_fn = load_function(judge) if judge else None
     scorer = None
-    if args.reward_model:
+    if reward_model:
         from reward_models.scorer import RewardModel
 
-        scorer = RewardModel.from_pretrained(args.reward_model, device="cpu")
-    records, report = load_kind(args.prompts, "prompt", quarantine_path=None)
-    prompts = [r.prompt for r in records]
-    sampling = SamplingConfig(args.max_new_tokens, args.temperature, 0, args.top_p, args.temperature > 0)
-    reference, _ = _load(args.reference or policies[baseline])
+        scorer = RewardModel.from_pretrained(reward_model, device=target)
+    records, report = load_kind(prompts, "prompt", quarantine_path=None)
+    texts = [r.prompt for r in records]
+    sampling = SamplingConfig(max_new_tokens, temperature, 0, top_p, temperature > 0)
+    reference = reference or policies[baseline]
+    reference_model, _ = _load(reference, target)
 
     per_policy: dict[str, dict] = {}
     samples = []
     for name, path in policies.items():
-        model, tokenizer = _load(path)
+        model, tokenizer = _load(path, target)
         runs = []
-        for seed in args.seeds:
-            out = sample_with_kl(model, reference, tokenizer, prompts, sampling, seed=seed)
-            if judge:
-                out["judge"] = [float(judge(p, r)) for p, r in zip(prompts, out["texts"])]
+        for seed in seeds:
+            out = sample_with_kl(model, reference_model, tokenizer, texts, sampling, batch_size=batch_size, seed=seed)
+            if judge_fn:
+                out["judge"] = [float(judge_fn(p, r)) for p, r in zip(texts, out["texts"])]
             if scorer:
-                out["reward"] = scorer.score(prompts, out["texts"])
+                out["reward"] = scorer.score(texts, out["texts"])
             runs.append(out)
             samples += [{"policy": name, "seed": seed, "prompt": p, "response": r}
-                        for p, r in zip(prompts, out["texts"])]
+                        for p, r in zip(texts, out["texts"])]
         per_policy[name] = {"path": path, "runs": runs}
+        del model  # frees the device for the next policy before it loads
 
-    metric = "judge" if judge else "reward"
-    results = {"prompts": args.prompts, "n_prompts": len(prompts), "seeds": args.seeds, "baseline": baseline,
-               "reference": args.reference or policies[baseline], "win_metric": metric,
-               "temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "policies": {}}
+    metric = "judge" if judge_fn else "reward"
+    results = {"prompts": prompts, "n_prompts": len(texts), "seeds": seeds, "baseline": baseline,
+               "reference": reference, "win_metric": metric, "temperature": temperature,
+               "max_new_tokens": max_new_tokens, "top_p": top_p, "batch_size": batch_size,
+               "device": str(target), "policies": {}}
     for name, entry in per_policy.items():
         runs = entry["runs"]
         row = {"path": entry["path"]}
@@ -123,6 +153,40 @@ def evaluate(args) -> dict:
                 row[part] = statistics.fmean(r[part] for r in rates)
         results["policies"][name] = row
     return results, samples
+
+
+def run_eval(policies: dict[str, str], *, out: str, judge: str | None = None, reward_model: str | None = None,
+             baseline: str | None = None, reference: str | None = None, prompts: str = DEFAULT_PROMPTS,
+             seeds=(0,), temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
+             batch_size: int = 50, device: str = "auto") -> dict:
+    """Evaluate ``policies`` (name -> run or model folder) and write `results.json`, `results.md`,
+    `samples.jsonl` and the PNG plots of :func:`rlhf.eval_plots.plot_results` to ``out``.
+
+    Args:
+        judge: reward function "module:function", f(prompt, response) -> float.
+        reward_model: reward model folder from `rlhf rm`. At least one of judge / reward_model;
+            win rates use the judge when both are given.
+        baseline: the policy the others are compared with (default: the first).
+        reference: model the KL is measured against (default: the baseline's folder).
+        seeds: one full sampling pass over the prompts per seed.
+        device: "auto" (CUDA when available), "cpu" or "cuda"; policies, reference and reward
+            model all go there.
+    Returns the results dict (as in `results.json`, plus "plots": the PNG paths).
+    Raises ValueError / FileNotFoundError on bad arguments, before anything is written.
+    """
+    from rlhf.eval_plots import plot_results
+
+    results, samples = evaluate(policies, judge=judge, reward_model=reward_model, baseline=baseline,
+                                reference=reference, prompts=prompts, seeds=seeds, temperature=temperature,
+                                top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / "results.md").write_text(markdown(results))
+    with open(folder / "samples.jsonl", "w") as handle:
+        for row in samples:
+            handle.write(json.dumps(row) + "\n")
+    return {**results, "plots": [str(p) for p in plot_results(results, folder)]}
 
 
 def markdown(results: dict) -> str:
@@ -148,17 +212,13 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        results, samples = evaluate(args)
+        results = run_eval(_policies(args.policy), out=args.out, judge=args.judge, reward_model=args.reward_model,
+                           baseline=args.baseline, reference=args.reference, prompts=args.prompts, seeds=args.seeds,
+                           temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                           batch_size=args.batch_size, device=args.device)
     except (ValueError, FileNotFoundError) as err:
         print(f"rlhf eval: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    (out / "results.md").write_text(table)
-    with open(out / "samples.jsonl", "w") as handle:
-        for row in samples:
-            handle.write(json.dumps(row) + "\n")
-    print(table)
+    print(markdown(results))
+    print("Plots: " + (", ".join(results["plots"]) or "none"))
     return 0

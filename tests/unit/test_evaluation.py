@@ -1,9 +1,12 @@
 """Evaluation helpers: win rate with its interval, model folders, reward functions and the weighted
-scorer, and the per-response KL of `sample_with_kl` against an independent computation."""
+scorer, the per-response KL of `sample_with_kl` against an independent computation, and
+`rlhf eval` / `run_eval` end to end on builtin:tiny (results, samples and PNG plots)."""
 
 import copy
+import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +240,81 @@ def test_sample_with_kl_matches_independent_computation(policy, reference, tiny_
     assert result["kl"] == pytest.approx(expected, abs=1e-3)
     assert all(math.isfinite(k) for k in result["kl"])
     assert any(abs(k) > 1e-2 for k in result["kl"])  # the perturbation is really visible
+
+
+# ---------- rlhf eval (CLI) and run_eval ----------
+
+EVAL_PROMPTS = "builtin:judged-prompts?n=4&seed=1"
+
+
+@pytest.fixture(scope="module")
+def eos_policy_folder(policy, tiny_tokenizer, tmp_path_factory):
+    """The EOS-pointed tiny model as a model folder: a second policy that differs from builtin:tiny."""
+    folder = tmp_path_factory.mktemp("eos-policy")
+    policy.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def assert_png(path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(path).ndim == 3
+
+
+def test_eval_cli_writes_results_and_plots(eos_policy_folder, tmp_path, capsys):
+    from rlhf.cli import main
+
+    out = tmp_path / "eval"
+    argv = ["eval", "--policy", "base=builtin:tiny", "--policy", f"eos={eos_policy_folder}",
+            "--judge", "preference_data.synthetic:judge", "--prompts", EVAL_PROMPTS, "--max-new-tokens", "6",
+            "--batch-size", "2", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for name in ("results.json", "results.md", "samples.jsonl", "scores.png", "win_rates.png", "kl_length.png"):
+        assert (out / name).is_file(), name
+    for name in ("scores.png", "win_rates.png", "kl_length.png"):
+        assert_png(out / name)
+        assert str(out / name) in printed
+    results = json.loads((out / "results.json").read_text())
+    assert (results["baseline"], results["reference"], results["device"]) == ("base", "builtin:tiny", "cpu")
+    assert results["n_prompts"] == 4 and results["batch_size"] == 2 and "plots" not in results
+    base, eos = results["policies"]["base"], results["policies"]["eos"]
+    assert base["kl"] == pytest.approx(0.0, abs=1e-5) and "win_rate" not in base
+    assert abs(eos["kl"]) > 1e-3  # the EOS row differs from the reference's
+    assert 0.0 <= eos["win_rate"] <= 1.0 and eos["wins"] + eos["ties"] + eos["losses"] == pytest.approx(1.0)
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 2 * 4
+
+
+def test_run_eval_with_keyword_arguments(tmp_path):
+    from rlhf.eval_cli import run_eval
+
+    out = tmp_path / "eval"
+    results = run_eval({"tiny": "builtin:tiny"}, out=str(out), judge="helpers:constant_reward",
+                       prompts=EVAL_PROMPTS, seeds=(3,), max_new_tokens=4, device="auto")
+    assert results["seeds"] == [3] and results["win_metric"] == "judge"
+    row = results["policies"]["tiny"]
+    assert row["judge"] == 7.0 and row["judge_seed_std"] == 0.0 and "win_rate" not in row
+    # a single policy has no win rate: that plot is skipped
+    assert results["plots"] == [str(out / "scores.png"), str(out / "kl_length.png")]
+    for path in results["plots"]:
+        assert_png(Path(path))
+    assert not (out / "win_rates.png").exists()
+    written = json.loads((out / "results.json").read_text())
+    assert written == {k: v for k, v in results.items() if k != "plots"}
+
+
+def test_eval_bad_device(tmp_path, capsys):
+    from rlhf.eval_cli import main, run_eval
+
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        run_eval({"tiny": "builtin:tiny"}, out=str(tmp_path), judge="helpers:constant_reward", device="gpu")
+    with pytest.raises(SystemExit):
+        main(["--policy", "a=builtin:tiny", "--judge", "helpers:constant_reward", "--device", "gpu",
+              "--out", str(tmp_path)])
+    if not torch.cuda.is_available():
+        assert main(["--policy", "a=builtin:tiny", "--judge", "helpers:constant_reward", "--device", "cuda",
+                     "--out", str(tmp_path)]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written on bad arguments
