@@ -66,15 +66,18 @@ def _device(name: str):
 
 
 def _load(path: str, device):
-    from rlhf.evaluation import model_folder
-    from rlhf.models import disable_dropout, load_causal_lm, load_tokenizer
+    """A policy (run folder, model folder, LoRA adapter or builtin: name) and its tokenizer."""
+    import torch
+
+    from rlhf.model_io import find_model, load_model
+    from rlhf.models import disable_dropout, load_tokenizer
     from rlhf.sections import ModelConfig
 
-    folder = model_folder(path)
-    if not Path(folder).is_dir() and not folder.startswith("builtin:"):
-        raise ValueError(f"policy folder {path!r} does not exist")
-    cfg = ModelConfig(name_or_path=folder)
-    return disable_dropout(load_causal_lm(cfg).to(device).eval()), load_tokenizer(cfg)
+    source = find_model(path)  # ModelFolderError (a ValueError) names the path
+    if source.kind == "reward_model":
+        raise ValueError(f"{path} is a reward model, not a policy; give it with --reward-model")
+    model = load_model(source, torch.float32)
+    return disable_dropout(model.to(device).eval()), load_tokenizer(ModelConfig(name_or_path=source.tokenizer))
 
 
 def evaluate(policies: dict[str, str], *, judge: str | None = None, reward_model: str | None = None,

@@ -8,22 +8,11 @@ own samples, response length and EOS rate.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from rlhf.rollout import SamplingConfig, response_logprobs, sample
-
-
-def model_folder(path: str) -> str:
-    """A loadable model folder from a run folder (`run/model`, preferring `merged/` for LoRA) or a model folder."""
-    folder = Path(path)
-    if (folder / "model").is_dir():
-        folder = folder / "model"
-    if (folder / "merged").is_dir():
-        folder = folder / "merged"
-    return str(folder)
 
 
 def win_rate(scores: Sequence[float], baseline: Sequence[float]) -> dict[str, float]:

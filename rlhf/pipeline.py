@@ -48,10 +48,15 @@ class StagePlan:
         return Path(self.cfg.output_dir)
 
 
-def model_dir(output_dir: str | Path) -> str:
-    """The loadable model a finished stage hands on: ``model/merged`` for LoRA, else ``model``."""
-    folder = Path(output_dir) / "model"
-    return str(folder / "merged") if (folder / "merged").is_dir() else str(folder)
+def handoff_dir(stage_plan: "StagePlan") -> str:
+    """The loadable model a stage hands on, known before it runs: ``model/merged`` for a LoRA
+    policy (the pipeline has SFT merge; PPO / DPO merge when their config says so), else ``model``
+    (a reward model folder is always loadable as it is)."""
+    folder = stage_plan.output_dir / "model"
+    adapt = stage_plan.cfg.model.adapt
+    if stage_plan.name != "rm" and adapt.strategy in ("lora", "qlora") and adapt.merge:
+        return str(folder / "merged")
+    return str(folder)
 
 
 def is_done(output_dir: str | Path) -> bool:
@@ -121,14 +126,14 @@ def _resolve(cfg: PipelineConfig, stage: str, source: str, upstream: dict[str, S
         if "name_or_path" in keys.get("model", {}):
             raise ConfigError(f"{source}: '{stage}.model.name_or_path' is set, but the stage starts from "
                               f"the SFT model; set '{stage}.from_sft: false' to choose its model")
-        wiring.setdefault("model", {})["name_or_path"] = model_dir(upstream["sft"].output_dir)
+        wiring.setdefault("model", {})["name_or_path"] = handoff_dir(upstream["sft"])
     if stage == "ppo" and switches.get("from_rm", "rm" in cfg.stages):
         if "model" in keys.get("reward", {}):
             raise ConfigError(f"{source}: 'ppo.reward.model' is set, but PPO scores with the rm stage's "
                               "model; set 'ppo.from_rm: false' to choose the reward")
         # The trained reward model replaces the stage file's reward functions (a judge kept for
         # evaluation would otherwise leak into the reward); section keys may add functions back.
-        wiring["reward"] = {"model": model_dir(upstream["rm"].output_dir), "functions": [], "weights": []}
+        wiring["reward"] = {"model": handoff_dir(upstream["rm"]), "functions": [], "weights": []}
         for key in ("functions", "weights"):
             if key in keys.get("reward", {}):
                 wiring["reward"][key] = keys["reward"][key]
@@ -232,7 +237,7 @@ def _evaluate(cfg: PipelineConfig, plans: dict[str, StagePlan]) -> dict | None:
     from rlhf.eval_cli import run_eval
 
     policies = {name: str(plans[name].output_dir) for name in ("sft", "ppo", "dpo") if name in plans}
-    reward_model = model_dir(plans["rm"].output_dir) if cfg.eval.reward_model and "rm" in plans else None
+    reward_model = handoff_dir(plans["rm"]) if cfg.eval.reward_model and "rm" in plans else None
     if len(policies) < 2 or not (cfg.eval.judge or reward_model):
         print("\nrlhf pipeline: evaluation skipped (it needs the SFT policy and a trained one, and "
               "eval.judge or a reward model)", flush=True)

@@ -5,6 +5,18 @@
     python scripts/bench.py dpo [...same options] [--reference precompute|copy] [--gradient-checkpointing]
     python scripts/bench.py import
     python scripts/bench.py data [--records 1000000]
+    python scripts/bench.py all [--quick] [--model M] [--write docs/benchmarks.md]
+
+all: every comparison against TRL in one command (sft, rm, dpo with --reference precompute and
+copy, against the installed TRL; ppo against TRL 1.12 through scripts/bench_ppo.py), then ONE
+table of ours vs baseline throughput, tokens/s and peak-memory ratios with the settings of each
+row. Defaults are the documented ones: sft/rm/dpo with --steps/--batch/--max-length/--repeats
+(30 / 8 / 256 / 3), ppo with bench_ppo.py's defaults (--ppo-steps/--ppo-batch/--response-length
+override them); --model and --repeats apply to every row. --quick (6 steps, 4 for PPO, 1 repeat,
+fewer examples) is a smoke test. --write PATH replaces the block between
+<!-- bench:all:start --> and <!-- bench:all:end --> in PATH (inserted before the first "## "
+heading when absent) with the table, the machine and the command; a --quick block says so.
+The per-stage progress and tables go to stderr; stdout gets the final table.
 
 Each measurement runs in a fresh subprocess (so peak memory is per framework), the two
 frameworks alternate, and the medians over repeats are reported with their ratio. Both sides
@@ -23,14 +35,18 @@ prompt, fed twice, is not counted on either side.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 WARMUP_STEPS = 3
 
@@ -43,6 +59,19 @@ def _examples(n: int) -> list[dict]:
 
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_gpu() -> int | None:
+    """Peak CUDA memory allocated by this process, or None without a GPU."""
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+
+def _trl_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("trl")
 
 
 def _run_ours(stage: str, args, records: list[dict], *extra: str) -> list[dict]:
@@ -101,7 +130,7 @@ def _trl(args) -> dict:
 
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     data = Dataset.from_list([
         {"prompt": [{"role": "user", "content": r["prompt"]}],
          "completion": [{"role": "assistant", "content": r["completion"]}]}
@@ -122,12 +151,16 @@ def _trl_common(args, output_dir: str) -> dict:
     """TrainingArguments both sides share: steps, batch, LR, fp32 on CPU, no saving or logging.
 
     Gradient checkpointing is off unless asked: TRL's configs default it to on, ours to off.
+    The GPU is used where there is one, as our stages do (accelerate's default).
     """
+    import torch
+
     return dict(
         output_dir=output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch,
         gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0,
         max_length=args.max_length, save_strategy="no", report_to="none", logging_steps=10**6,
-        dataloader_num_workers=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True, seed=0,
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
+        disable_tqdm=True, seed=0,
         gradient_checkpointing=getattr(args, "gradient_checkpointing", False),
     )
 
@@ -163,7 +196,7 @@ def _trl_rm(args) -> dict:
 
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype="float32")
     model.config.pad_token_id = tokenizer.pad_token_id
     data = _trl_pairs(args.examples)
     times: list[float] = []
@@ -227,6 +260,7 @@ def _child(args) -> None:
                ("dpo", "ours"): _ours_dpo, ("dpo", "trl"): _trl_dpo}
     result = runners[(args.what, args.framework)](args)
     result["peak_rss_bytes"] = _peak_rss()
+    result["peak_gpu_bytes"] = _peak_gpu()
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -241,7 +275,10 @@ def _spawn(args, framework: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def bench_training(args) -> None:
+def bench_training(args) -> dict:
+    """Runs the sft / rm / dpo comparison, prints its table and returns it (see bench_report)."""
+    import bench_report
+
     runs: dict[str, list[dict]] = {"ours": [], "trl": []}
     for repeat in range(args.repeats):
         for framework in ("ours", "trl") if repeat % 2 == 0 else ("trl", "ours"):
@@ -251,10 +288,12 @@ def bench_training(args) -> None:
     for framework, results in runs.items():
         step = statistics.median(r["step_time_s"] for r in results)
         tokens = statistics.median(r["tokens_per_step"] for r in results)
+        gpu = [r["peak_gpu_bytes"] for r in results if r.get("peak_gpu_bytes") is not None]
         table[framework] = {
             "steps_per_s": 1.0 / step,
             "tokens_per_s": tokens / step,
             "peak_rss_mib": statistics.median(r["peak_rss_bytes"] for r in results) / 2**20,
+            "peak_gpu_mib": statistics.median(gpu) / 2**20 if gpu else None,
         }
     setting = ""
     if args.what == "dpo":
@@ -266,13 +305,108 @@ def bench_training(args) -> None:
         setting += ", gradient checkpointing"
     print(f"{args.what.upper()} {args.model}: batch {args.batch}, max_length {args.max_length}, fp32, {args.steps} steps "
           f"({WARMUP_STEPS} warm-up not timed), median of {args.repeats}{setting}")
-    print(f"{'':8}{'steps/s':>10}{'tokens/s':>12}{'peak RSS MiB':>15}")
+    gpu = all(row["peak_gpu_mib"] is not None for row in table.values())
+    print(f"{'':8}{'steps/s':>10}{'tokens/s':>12}{'peak RSS MiB':>15}" + (f"{'peak GPU MiB':>15}" if gpu else ""))
     for framework, row in table.items():
-        print(f"{framework:8}{row['steps_per_s']:>10.2f}{row['tokens_per_s']:>12.0f}{row['peak_rss_mib']:>15.0f}")
+        print(f"{framework:8}{row['steps_per_s']:>10.2f}{row['tokens_per_s']:>12.0f}{row['peak_rss_mib']:>15.0f}"
+              + (f"{row['peak_gpu_mib']:>15.0f}" if gpu else ""))
     ours, trl = table["ours"], table["trl"]
-    tokens = f", tokens/s x{ours['tokens_per_s'] / trl['tokens_per_s']:.2f}" if trl["tokens_per_s"] else ""
-    print(f"ratio ours/trl: steps/s x{ours['steps_per_s'] / trl['steps_per_s']:.2f}{tokens}, "
-          f"peak memory x{ours['peak_rss_mib'] / trl['peak_rss_mib']:.2f}")
+    memory, memory_kind = bench_report.memory_ratio(ours, trl)
+    result = {
+        "comparison": args.what if args.what != "dpo" else f"dpo-{args.reference}",
+        "baseline": f"TRL {_trl_version()}", "unit": "steps/s", "ours": ours, "trl": trl,
+        "ratio": {"steps_per_s": bench_report.ratio(ours["steps_per_s"], trl["steps_per_s"]),
+                  "tokens_per_s": bench_report.ratio(ours["tokens_per_s"], trl["tokens_per_s"]),
+                  "peak_memory": memory, "memory": memory_kind},
+        "settings": {"model": args.model, "batch": args.batch, "max_length": args.max_length, "steps": args.steps,
+                     "warmup_steps": WARMUP_STEPS, "repeats": args.repeats,
+                     **({"reference": args.reference} if args.what == "dpo" else {}),
+                     **({"gradient_checkpointing": True} if args.gradient_checkpointing else {})},
+    }
+    tokens = f", tokens/s x{result['ratio']['tokens_per_s']:.2f}" if result["ratio"]["tokens_per_s"] else ""
+    print(f"ratio ours/trl: steps/s x{result['ratio']['steps_per_s']:.2f}{tokens}, "
+          f"peak memory ({memory_kind}) x{memory:.2f}")
+    return result
+
+
+QUICK = {"steps": 6, "repeats": 1, "examples": 200, "ppo_steps": 4}
+
+
+def bench_all(args, argv: list[str]) -> int:
+    """Every comparison in one run, then one table; with --write, the docs block. Exit status."""
+    import bench_ppo
+    import bench_report
+
+    stage = copy.copy(args)
+    if args.quick:
+        stage.steps, stage.repeats, stage.examples = QUICK["steps"], QUICK["repeats"], QUICK["examples"]
+    if stage.steps <= WARMUP_STEPS:
+        raise SystemExit(f"--steps must be more than the {WARMUP_STEPS} warm-up steps")
+    if args.write:  # fail now, not after the whole run
+        try:
+            with open(args.write, encoding="utf-8", newline="") as handle:
+                bench_report.replace_block(handle.read(), bench_report.render_block("", "", "", args.quick))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--write {args.write}: {error}")
+    # PPO gets bench_ppo.py's own defaults, overridden only where asked.
+    ppo_argv = ["--model", args.model, "--repeats", str(stage.repeats)]
+    ppo_steps = QUICK["ppo_steps"] if args.quick and args.ppo_steps is None else args.ppo_steps
+    for flag, value in (("--steps", ppo_steps), ("--batch", args.ppo_batch),
+                        ("--response-length", args.response_length)):
+        if value is not None:
+            ppo_argv += [flag, str(value)]
+    ppo_args = bench_ppo.build_parser().parse_args(ppo_argv)
+
+    def training(what: str, reference: str = "precompute"):
+        def run() -> dict:
+            run_args = copy.copy(stage)
+            run_args.what, run_args.reference = what, reference
+            return bench_training(run_args)
+        return run
+
+    comparisons = {"sft": training("sft"), "rm": training("rm"), "dpo-precompute": training("dpo", "precompute"),
+                   "dpo-copy": training("dpo", "copy"), "ppo": lambda: bench_ppo.bench(ppo_args)}
+    selected = args.only.split(",") if args.only else list(comparisons)
+    unknown = [name for name in selected if name not in comparisons]
+    if unknown:
+        raise SystemExit(f"--only: unknown comparison(s) {unknown}; choose from {list(comparisons)}")
+    results = []
+    for name in selected:
+        print(f"== {name} ==", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            # The per-stage table goes to stderr so that stdout holds the one final table.
+            with contextlib.redirect_stdout(sys.stderr):
+                results.append(comparisons[name]())
+        except (Exception, SystemExit) as error:  # one failed comparison must not lose the others
+            traceback.print_exc(file=sys.stderr)
+            results.append({"comparison": name, "error": f"{type(error).__name__}: {error}"})
+        print(f"== {name}: {time.perf_counter() - start:.0f} s ==", file=sys.stderr, flush=True)
+
+    table = bench_report.format_table(results)
+    machine = bench_report.format_machine(bench_report.machine_info(), ppo_trl=bench_ppo.TRL_VERSION)
+    command = "python scripts/bench.py " + shlex.join(argv)
+    if args.quick:
+        print("QUICK SMOKE RUN (few steps, 1 repeat): not for quoting")
+    print(table)
+    print(f"\nMachine: {machine}\nCommand: {command}")
+    failed = [r["comparison"] for r in results if "error" in r]
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"results": results, "machine": machine, "command": command, "quick": args.quick}, handle,
+                      indent=2)
+    if failed:
+        print(f"failed: {', '.join(failed)}" + ("; not writing " + args.write if args.write else ""),
+              file=sys.stderr)
+        return 1
+    if args.write:
+        with open(args.write, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+        block = bench_report.render_block(table, machine, command, quick=args.quick)
+        with open(args.write, "w", encoding="utf-8", newline="") as handle:
+            handle.write(bench_report.replace_block(text, block))
+        print(f"wrote the bench:all block of {args.write}", file=sys.stderr)
+    return 0
 
 
 def bench_import(args) -> None:
@@ -314,7 +448,7 @@ def bench_data(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["sft", "rm", "dpo", "import", "data"])
+    parser.add_argument("what", choices=["sft", "rm", "dpo", "import", "data", "all"])
     parser.add_argument("--records", type=int, default=1_000_000, help="data: records in the generated file")
     parser.add_argument("--model", default="builtin:tiny")
     parser.add_argument("--steps", type=int, default=30)
@@ -327,14 +461,33 @@ def main() -> None:
                              "ours dpo.reference=copy vs TRL's default frozen copy run on every step")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="dpo: gradient checkpointing on both sides (off by default)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"all: smoke test only ({QUICK['steps']} steps, {QUICK['ppo_steps']} for PPO, "
+                             f"{QUICK['repeats']} repeat, {QUICK['examples']} examples)")
+    parser.add_argument("--write", metavar="PATH", help="all: replace the bench:all block of PATH "
+                                                        "(docs/benchmarks.md) with the table")
+    parser.add_argument("--json", metavar="PATH", help="all: also write the results as JSON to PATH")
+    parser.add_argument("--only", help="all: comma-separated subset of sft,rm,dpo-precompute,dpo-copy,ppo")
+    parser.add_argument("--ppo-steps", type=int, help="all: PPO steps per run (default: bench_ppo.py's)")
+    parser.add_argument("--ppo-batch", type=int, help="all: prompts per PPO rollout batch (default: bench_ppo.py's)")
+    parser.add_argument("--response-length", type=int, help="all: PPO max new tokens (default: bench_ppo.py's)")
     parser.add_argument("--child", choices=["ours", "trl"], dest="framework")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    args = parser.parse_args(argv)
     if args.what != "dpo" and (args.gradient_checkpointing or args.reference != "precompute"):
-        parser.error("--reference and --gradient-checkpointing apply to dpo only")
+        parser.error("--reference and --gradient-checkpointing apply to dpo only (all runs both references)")
+    all_only = [flag for flag, value in (("--quick", args.quick), ("--write", args.write), ("--json", args.json),
+                                         ("--only", args.only), ("--ppo-steps", args.ppo_steps),
+                                         ("--ppo-batch", args.ppo_batch),
+                                         ("--response-length", args.response_length)) if value]
+    if args.what != "all" and all_only:
+        parser.error(f"{', '.join(all_only)}: only with all")
     if args.framework:
         _child(args)
     elif args.what in ("sft", "rm", "dpo"):
         bench_training(args)
+    elif args.what == "all":
+        sys.exit(bench_all(args, argv))
     elif args.what == "data":
         bench_data(args)
     else:

@@ -1,7 +1,7 @@
 """Side-by-side PPO benchmark: our PPO stage (rlhf/stages/ppo.py) against TRL 1.12.0's PPOTrainer.
 
     python scripts/bench_ppo.py [--model builtin:tiny] [--steps 12] [--batch 16] [--response-length 24]
-                                [--epochs 4] [--mini-batches 1] [--repeats 3]
+                                [--epochs 4] [--mini-batches 1] [--repeats 3] [--json PATH]
 
 TRL 1.12.0 is the last TRL with PPO (``trl.experimental.ppo``); it is not the TRL installed in the
 environment, so it is installed beside it on first use with
@@ -51,6 +51,12 @@ KL_COEF = 0.05
 def _peak_rss() -> int:
     # Same as scripts/bench.py's helper (copied: that file is not a package and changes often).
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_gpu() -> int | None:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
 def _ensure_trl() -> None:
@@ -248,6 +254,7 @@ def _child(args) -> None:
     work = Path(args.workdir)
     result = {"prepare": _prepare, "ours": _ours, "trl": _trl}[args.framework](args, work)
     result["peak_rss_bytes"] = _peak_rss()
+    result["peak_gpu_bytes"] = _peak_gpu()
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -270,7 +277,10 @@ def _spawn(args, framework: str, work: Path) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def bench(args) -> None:
+def bench(args) -> dict:
+    """Runs the comparison, prints its table and returns it (the format of scripts/bench_report.py)."""
+    import bench_report
+
     if args.batch % args.mini_batches:
         raise SystemExit(f"--batch {args.batch} must be a multiple of --mini-batches {args.mini_batches}")
     if args.steps <= WARMUP_STEPS:
@@ -292,9 +302,14 @@ def bench(args) -> None:
         def med(key: str) -> float:
             return statistics.median(r[key] for r in results)
 
+        gpu = [r["peak_gpu_bytes"] for r in results if r.get("peak_gpu_bytes") is not None]
         table[framework] = {"steps_per_s": 1.0 / med("step_time_s"), "step_s": med("step_time_s"),
                             "rollout_s": med("rollout_s"), "update_s": med("update_s"),
-                            "response_tokens": med("response_tokens"), "peak_rss_mib": med("peak_rss_bytes") / 2**20}
+                            "response_tokens": med("response_tokens"),
+                            # generated tokens per second: the sides sample different lengths
+                            "tokens_per_s": med("response_tokens") * args.batch / med("step_time_s"),
+                            "peak_rss_mib": med("peak_rss_bytes") / 2**20,
+                            "peak_gpu_mib": statistics.median(gpu) / 2**20 if gpu else None}
     mini = args.batch // args.mini_batches
     print(f"PPO {args.model}: {args.batch} prompts per step ({prepared['prompts']} distinct, chat template), "
           f"responses <= {args.response_length} tokens at temperature 1.0, {args.epochs} PPO epochs x "
@@ -303,19 +318,34 @@ def bench(args) -> None:
           f"critic + reward model = policy weights + new scalar head, frozen reference copy")
     print(f"{args.steps} PPO steps ({WARMUP_STEPS} warm-up not timed), median of {args.repeats} run(s) each; "
           f"trl {TRL_VERSION} (trl.experimental.ppo.PPOTrainer)")
-    print(f"{'':8}{'updates/s':>10}{'step s':>9}{'rollout s':>11}{'update s':>10}{'resp tok':>10}{'peak RSS MiB':>14}")
+    gpu = all(row["peak_gpu_mib"] is not None for row in table.values())
+    print(f"{'':8}{'updates/s':>10}{'step s':>9}{'rollout s':>11}{'update s':>10}{'resp tok':>10}{'peak RSS MiB':>14}"
+          + (f"{'peak GPU MiB':>14}" if gpu else ""))
     for framework, row in table.items():
         print(f"{framework:8}{row['steps_per_s']:>10.3f}{row['step_s']:>9.2f}{row['rollout_s']:>11.2f}"
-              f"{row['update_s']:>10.2f}{row['response_tokens']:>10.1f}{row['peak_rss_mib']:>14.0f}")
+              f"{row['update_s']:>10.2f}{row['response_tokens']:>10.1f}{row['peak_rss_mib']:>14.0f}"
+              + (f"{row['peak_gpu_mib']:>14.0f}" if gpu else ""))
     print("(step s = wall time between step ends, everything included; rollout s: ours = generation + reward + "
           "log-probs/values/reference, TRL adds reward shaping + GAE + whitening; update s: ours = shaping + GAE + "
           "PPO epochs, TRL = PPO epochs + metric gathering; resp tok = mean response length incl. EOS)")
     ours, trl = table["ours"], table["trl"]
-    print(f"ratio ours/trl: updates/s x{ours['steps_per_s'] / trl['steps_per_s']:.2f}, "
-          f"peak memory x{ours['peak_rss_mib'] / trl['peak_rss_mib']:.2f}")
+    memory, memory_kind = bench_report.memory_ratio(ours, trl)
+    result = {
+        "comparison": "ppo", "baseline": f"TRL {TRL_VERSION}", "unit": "updates/s", "ours": ours, "trl": trl,
+        "ratio": {"steps_per_s": bench_report.ratio(ours["steps_per_s"], trl["steps_per_s"]),
+                  "tokens_per_s": bench_report.ratio(ours["tokens_per_s"], trl["tokens_per_s"]),
+                  "peak_memory": memory, "memory": memory_kind},
+        "settings": {"model": args.model, "batch": args.batch, "response_length": args.response_length,
+                     "epochs": args.epochs, "mini_batches": args.mini_batches, "steps": args.steps,
+                     "warmup_steps": WARMUP_STEPS, "repeats": args.repeats},
+    }
+    print(f"ratio ours/trl: updates/s x{result['ratio']['steps_per_s']:.2f}, "
+          f"generated tokens/s x{result['ratio']['tokens_per_s']:.2f}, peak memory ({memory_kind}) x{memory:.2f}")
+    return result
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; scripts/bench.py all reads its defaults from here."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:tiny")
     parser.add_argument("--steps", type=int, default=12, help="PPO steps per run (the first 2 are warm-up)")
@@ -324,13 +354,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="PPO epochs per rollout batch")
     parser.add_argument("--mini-batches", type=int, default=1, help="mini-batches (optimizer steps) per epoch")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", metavar="PATH", help="also write the result (medians and ratios) as JSON to PATH")
     parser.add_argument("--child", choices=["prepare", "ours", "trl"], dest="framework", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.framework:
         _child(args)
-    else:
-        bench(args)
+        return
+    result = bench(args)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
 
 
 if __name__ == "__main__":

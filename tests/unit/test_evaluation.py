@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import load_tiny_lm, plain_response_logprobs, point_eos_along_mean_hidden
-from rlhf.evaluation import model_folder, sample_with_kl, win_rate
+from rlhf.evaluation import sample_with_kl, win_rate
 from rlhf.rewards import Scorer, load_function
 from rlhf.rollout import SamplingConfig, sample
 
@@ -72,30 +72,6 @@ def test_win_rate_all_wins_has_a_zero_width_interval():
 def test_win_rate_rejects_unequal_or_empty_lists(scores, baseline):
     with pytest.raises(ValueError, match=f"equally long, non-empty.*got {len(scores)} and {len(baseline)}"):
         win_rate(scores, baseline)
-
-
-# ---------- model_folder ----------
-
-
-def test_model_folder_run_with_model(tmp_path):
-    (tmp_path / "run" / "model").mkdir(parents=True)
-    assert model_folder(str(tmp_path / "run")) == str(tmp_path / "run" / "model")
-
-
-def test_model_folder_run_with_merged_lora(tmp_path):
-    (tmp_path / "run" / "model" / "merged").mkdir(parents=True)
-    assert model_folder(str(tmp_path / "run")) == str(tmp_path / "run" / "model" / "merged")
-    # a model folder that holds merged/ directly
-    assert model_folder(str(tmp_path / "run" / "model")) == str(tmp_path / "run" / "model" / "merged")
-
-
-def test_model_folder_plain_folder_unchanged(tmp_path):
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    (plain / "config.json").write_text("{}")
-    (plain / "model").write_text("a file, not a folder")  # only folders count
-    assert model_folder(str(plain)) == str(plain)
-    assert model_folder("builtin:tiny") == "builtin:tiny"
 
 
 # ---------- rewards.load_function ----------

@@ -42,6 +42,7 @@ def test_command_line_keys_reach_the_stages_and_the_pipeline_seed_wins(tmp_path)
 def test_lora_sft_hands_on_merged_weights(tmp_path):
     plans = plan(pipeline(tmp_path, "sft.model.adapt.strategy=lora", "stages=[sft,dpo]"))
     assert plans["sft"].cfg.model.adapt.merge is True
+    assert plans["dpo"].cfg.model.name_or_path == str(tmp_path / "p" / "sft" / "model" / "merged")
     with pytest.raises(ConfigError, match="prefix"):
         plan(pipeline(tmp_path, "sft.model.adapt.strategy=prefix"))
 
