@@ -7,7 +7,21 @@ scores any reply programmatically, so every stage (SFT, RM, PPO, DPO) can be che
 without people or downloads. All randomness comes from `random.Random(seed)`.
 
 Built-ins for `readers.iter_rows`: `builtin:judged-sft`, `builtin:judged-sft-mixed`,
-`builtin:judged-prompts` (parameters `n`, `seed`).
+`builtin:judged-prompts` (parameters `n`, `seed`, `split`).
+
+Held-out split. There are only 576 distinct prompts (4 requests x 12 colours x 12 nouns), so
+two seeds of the same space overlap and do not test generalisation. `split` restricts the
+prompts by their (colour, noun) combination:
+
+- `all` (default): every combination; output byte-identical to before `split` existed;
+- `test`: only `TEST_COMBINATIONS`, the 29 of 144 combinations (about 20%) with
+  `(COLOURS.index(colour) + NOUNS.index(noun)) % 5 == 0`; this diagonal rule leaves every
+  colour and every noun with 2 or 3 test combinations and 9 or 10 train ones;
+- `train`: the other 115 combinations; never a test one.
+
+Only the prompt's combination is constrained: an off-topic reply still talks about some other
+object. Sampling under a split is deterministic for a seed. `in_split(prompt, split)` tells
+which split a prompt belongs to.
 """
 
 from __future__ import annotations
@@ -54,14 +68,44 @@ MIXED_WEIGHTS = (0.4, 0.2, 0.2, 0.2)  # share of each style in quality="mixed"
 TARGET_WORDS = 24  # the longest good reply; words beyond it cost LENGTH_PENALTY each
 LENGTH_PENALTY = 0.1
 EMPTY_SCORE = -2.0
+SPLITS = ("all", "train", "test")
+# A diagonal rule, not a random draw, so the held-out set is fixed, documented and covers every
+# colour and every noun on both sides (each residue mod 5 occurs at least twice in 0..11).
+TEST_COMBINATIONS = frozenset((colour, noun) for c, colour in enumerate(COLOURS)
+                              for n, noun in enumerate(NOUNS) if (c + n) % 5 == 0)
 
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
-def make_prompt(rng: random.Random) -> str:
-    return rng.choice(REQUESTS).format(colour=rng.choice(COLOURS), noun=rng.choice(NOUNS))
+def check_split(split: object, source: str) -> None:
+    """Raise a ValueError naming `source` unless `split` is one of SPLITS."""
+    if split not in SPLITS:
+        raise ValueError(f"{source}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+
+
+def in_split(prompt: str, split: str) -> bool:
+    """Whether `prompt` belongs to `split`: "test" if its (colour, noun) is in TEST_COMBINATIONS,
+    "train" if it has a (colour, noun) that is not; "all" takes every prompt."""
+    check_split(split, "in_split")
+    if split == "all":
+        return True
+    colour, noun = parse_prompt(prompt)
+    if colour is None or noun is None:
+        return False
+    return ((colour, noun) in TEST_COMBINATIONS) == (split == "test")
+
+
+def make_prompt(rng: random.Random, split: str = "all") -> str:
+    """A task prompt whose (colour, noun) lies in `split`."""
+    # Rejection sampling: under "all" the first draw always passes, so the random stream (and
+    # every generator's output) is exactly what it was before splits; under "train" / "test"
+    # it stays uniform over the split's combinations and requests.
+    while True:
+        prompt = rng.choice(REQUESTS).format(colour=rng.choice(COLOURS), noun=rng.choice(NOUNS))
+        if in_split(prompt, split):
+            return prompt
 
 
 def parse_prompt(prompt: str) -> tuple[str | None, str | None]:
@@ -133,23 +177,26 @@ def judge(prompt: str, response: str) -> float:
     return round(score, 6)  # no float noise, so equal replies tie exactly
 
 
-def sft_records(n: int = 2000, seed: int = 0, quality: str = "good") -> list[dict]:
-    """`n` records {"prompt", "completion", "style"}; quality "good" (all good) or "mixed"."""
+def sft_records(n: int = 2000, seed: int = 0, quality: str = "good", split: str = "all") -> list[dict]:
+    """`n` records {"prompt", "completion", "style"}; quality "good" (all good) or "mixed";
+    prompts from `split` ("all", "train", "test")."""
     if quality not in ("good", "mixed"):
         raise ValueError(f"quality must be 'good' or 'mixed', got {quality!r}")
+    check_split(split, "sft_records")
     rng = random.Random(seed)
     records = []
     for _ in range(n):
-        prompt = make_prompt(rng)
+        prompt = make_prompt(rng, split)
         style = "good" if quality == "good" else rng.choices(STYLES, weights=MIXED_WEIGHTS)[0]
         records.append({"prompt": prompt, "completion": reply(prompt, style, rng), "style": style})
     return records
 
 
-def prompt_records(n: int = 2000, seed: int = 0) -> list[dict]:
-    """`n` records {"prompt"} for PPO rollouts."""
+def prompt_records(n: int = 2000, seed: int = 0, split: str = "all") -> list[dict]:
+    """`n` records {"prompt"} for PPO rollouts, from `split` ("all", "train", "test")."""
+    check_split(split, "prompt_records")
     rng = random.Random(seed)
-    return [{"prompt": make_prompt(rng)} for _ in range(n)]
+    return [{"prompt": make_prompt(rng, split)} for _ in range(n)]
 
 
 def corpus_lines() -> list[str]:
@@ -165,16 +212,19 @@ def corpus_lines() -> list[str]:
     return lines
 
 
-def _judged_sft(n: int = 2000, seed: int = 0) -> list[dict]:
-    return sft_records(n, seed, "good")
+def _judged_sft(n: int = 2000, seed: int = 0, split: str = "all") -> list[dict]:
+    check_split(split, "builtin:judged-sft")
+    return sft_records(n, seed, "good", split)
 
 
-def _judged_sft_mixed(n: int = 2000, seed: int = 0) -> list[dict]:
-    return sft_records(n, seed, "mixed")
+def _judged_sft_mixed(n: int = 2000, seed: int = 0, split: str = "all") -> list[dict]:
+    check_split(split, "builtin:judged-sft-mixed")
+    return sft_records(n, seed, "mixed", split)
 
 
-def _judged_prompts(n: int = 2000, seed: int = 0) -> list[dict]:
-    return prompt_records(n, seed)
+def _judged_prompts(n: int = 2000, seed: int = 0, split: str = "all") -> list[dict]:
+    check_split(split, "builtin:judged-prompts")
+    return prompt_records(n, seed, split)
 
 
 register_builtin("judged-sft", _judged_sft)

@@ -11,7 +11,11 @@ With `annotators > 1`, every item is judged by each annotator (`ann0`, `ann1`, .
 per judgement, which is what `annotators.merge_annotators` takes. Deterministic for a seed.
 
 Built-ins for `readers.iter_rows`: `builtin:judged-pairwise`, `builtin:judged-ranked`,
-`builtin:judged-rated` (parameters `n`, `seed`, `k`, `noise` in percent, `annotators`).
+`builtin:judged-rated` (parameters `n`, `seed`, `k`, `noise` in percent, `annotators`, `split`).
+
+`split` is "all" (default; the same output as before it existed), "train" or "test": the
+prompts' (colour, noun) combinations are held out as in `synthetic` (`TEST_COMBINATIONS`).
+Only the prompt is constrained; an off-topic candidate still talks about another object.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import random
 
 from preference_data.readers import register_builtin
-from preference_data.synthetic import STYLES, judge, make_prompt, reply
+from preference_data.synthetic import STYLES, check_split, judge, make_prompt, reply
 
 
 def _candidates(prompt: str, k: int, rng: random.Random) -> list[str]:
@@ -44,12 +48,14 @@ def _annotator_ids(annotators: int) -> list[str | None]:
     return [None] if annotators <= 1 else [f"ann{i}" for i in range(annotators)]
 
 
-def pairwise_records(n: int = 1000, seed: int = 0, noise: float = 0.0, annotators: int = 1) -> list[dict]:
+def pairwise_records(n: int = 1000, seed: int = 0, noise: float = 0.0, annotators: int = 1,
+                     split: str = "all") -> list[dict]:
     """`n` items {"prompt", "chosen", "rejected", "annotator"?}; the two replies' true scores differ."""
+    check_split(split, "pairwise_records")
     rng = random.Random(seed)
     records = []
     while len(records) < n * max(1, annotators):
-        prompt = make_prompt(rng)
+        prompt = make_prompt(rng, split)
         a, b = _candidates(prompt, 2, rng)
         if judge(prompt, a) == judge(prompt, b):
             continue  # no true preference to label
@@ -69,12 +75,14 @@ def _ranks(scores: list[float]) -> list[int]:
     return [distinct.index(s) for s in scores]
 
 
-def ranked_records(n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0, annotators: int = 1) -> list[dict]:
+def ranked_records(n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0, annotators: int = 1,
+                   split: str = "all") -> list[dict]:
     """`n` items {"prompt", "responses", "ranks", "annotator"?} with K = `k` replies."""
+    check_split(split, "ranked_records")
     rng = random.Random(seed)
     records = []
     while len(records) < n * max(1, annotators):
-        prompt = make_prompt(rng)
+        prompt = make_prompt(rng, split)
         responses = _candidates(prompt, k, rng)
         for annotator in _annotator_ids(annotators):
             ranks = _ranks(_perceived(prompt, responses, noise, rng))
@@ -87,12 +95,14 @@ def ranked_records(n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0,
     return records[: n * max(1, annotators)]
 
 
-def rated_records(n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0) -> list[dict]:
+def rated_records(n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0,
+                  split: str = "all") -> list[dict]:
     """`n` items {"prompt", "responses", "scores"}: absolute scores on the judge's scale."""
+    check_split(split, "rated_records")
     rng = random.Random(seed)
     records = []
     for _ in range(n):
-        prompt = make_prompt(rng)
+        prompt = make_prompt(rng, split)
         responses = _candidates(prompt, k, rng)
         records.append({"prompt": prompt, "responses": responses,
                         "scores": _perceived(prompt, responses, noise, rng)})
@@ -103,9 +113,23 @@ def _percent(noise: int | str) -> float:
     return float(noise) / 100.0
 
 
-register_builtin("judged-pairwise", lambda n=1000, seed=0, noise=0, annotators=1:
-                 pairwise_records(n, seed, _percent(noise), annotators))
-register_builtin("judged-ranked", lambda n=1000, seed=0, k=4, noise=0, annotators=1:
-                 ranked_records(n, seed, k, _percent(noise), annotators))
-register_builtin("judged-rated", lambda n=1000, seed=0, k=4, noise=0:
-                 rated_records(n, seed, k, _percent(noise)))
+def _judged_pairwise(n: int = 1000, seed: int = 0, noise: int | str = 0, annotators: int = 1,
+                     split: str = "all") -> list[dict]:
+    check_split(split, "builtin:judged-pairwise")
+    return pairwise_records(n, seed, _percent(noise), annotators, split)
+
+
+def _judged_ranked(n: int = 1000, seed: int = 0, k: int = 4, noise: int | str = 0, annotators: int = 1,
+                   split: str = "all") -> list[dict]:
+    check_split(split, "builtin:judged-ranked")
+    return ranked_records(n, seed, k, _percent(noise), annotators, split)
+
+
+def _judged_rated(n: int = 1000, seed: int = 0, k: int = 4, noise: int | str = 0, split: str = "all") -> list[dict]:
+    check_split(split, "builtin:judged-rated")
+    return rated_records(n, seed, k, _percent(noise), split)
+
+
+register_builtin("judged-pairwise", _judged_pairwise)
+register_builtin("judged-ranked", _judged_ranked)
+register_builtin("judged-rated", _judged_rated)

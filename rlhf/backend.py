@@ -42,6 +42,49 @@ def _resolve_mixed_precision(requested: str) -> str:
     return "no"
 
 
+_SHARED_DEPTH = 0  # > 0 inside shared_process_group()
+
+
+@contextlib.contextmanager
+def shared_process_group() -> Iterator[None]:
+    """Stages run inside share one process group, destroyed when the outermost block ends.
+
+    A launcher's rendezvous sets a process group up once per launch, so a pipeline (or a sweep
+    of pipelines) runs all its stages on the first one. Blocks may nest.
+    """
+    global _SHARED_DEPTH
+    _SHARED_DEPTH += 1
+    try:
+        yield
+    finally:
+        _SHARED_DEPTH -= 1
+        if _SHARED_DEPTH == 0:
+            from accelerate.state import AcceleratorState, GradientState, PartialState
+
+            if PartialState._shared_state:
+                PartialState().destroy_process_group()
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+
+
+@contextlib.contextmanager
+def unpartitioned_loading() -> Iterator[None]:
+    """Models loaded inside are whole on this process, even under ZeRO-3.
+
+    For work one process does alone (the main process scoring with a model it just saved):
+    under ZeRO-3, transformers' ``from_pretrained`` would otherwise partition the weights with
+    collective calls that the other processes never join.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 class Backend:
     """Wraps one ``accelerate.Accelerator`` for a stage.
 
@@ -263,12 +306,18 @@ class Backend:
         # destroys it while another still uses it (the main one writing summaries) can abort.
         self.barrier()
         self.accelerator.free_memory()  # drop the references to models, optimizers and engines
-        self.accelerator.end_training()  # destroys the process group
-        # accelerate keeps process-wide singletons that still describe the destroyed group; clear
-        # them so that the next stage of a pipeline, in this same process, sets everything up anew.
         from accelerate.state import AcceleratorState, GradientState
 
-        AcceleratorState._reset_state(reset_partial_state=True)
+        if _SHARED_DEPTH:
+            # Another stage follows in this process (a pipeline): keep the process group, which
+            # cannot be set up a second time over the launcher's rendezvous, and let the next
+            # Backend build a new accelerator (its own precision, accumulation, ZeRO config) on it.
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            AcceleratorState._reset_state(reset_partial_state=False)
+        else:
+            self.accelerator.end_training()  # destroys the process group
+            AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
 
     def peak_memory_bytes(self) -> int:

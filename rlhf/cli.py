@@ -71,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.help_config:
         print(describe(config_class))
         return 0
+    from rlhf.models import check_model_path
+
     try:
         cfg = load_config(config_class, args.config, args.overrides)
-    except ConfigError as err:
+        check_model_path(cfg.model.name_or_path)
+    except (ConfigError, OSError) as err:  # OSError: a model folder that does not exist
         print(f"rlhf {args.command}: {err}", file=sys.stderr)
         return 2
     module.run(cfg)

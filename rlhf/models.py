@@ -34,10 +34,57 @@ def cache_dir() -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """A local folder for ``builtin:*`` names (built on first use); anything else unchanged."""
+    """A local folder for ``builtin:*`` names (built on first use); anything else unchanged.
+
+    ``~`` is expanded (transformers would not). Nothing is checked here: the loaders below call
+    :func:`check_model_path` first.
+    """
+    if name_or_path.startswith("~"):
+        return os.path.expanduser(name_or_path)
     if not name_or_path.startswith(_BUILTIN_PREFIX):
         return name_or_path
     return str(ensure_builtin(name_or_path[len(_BUILTIN_PREFIX):], cache_dir()))
+
+
+def looks_like_local_path(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` can only mean a local folder, not a Hub repository.
+
+    A Hub id is ``name`` or ``owner/name``: at most one '/', never a backslash. So a name is a
+    local path when it is absolute, is or starts with ``.``, ``..`` or ``~`` (``./x``, ``../x``,
+    ``~/x``), contains a backslash, has more than one '/'
+    (``runs/sft-tiny/model``), or has exactly one '/' and its first component exists here
+    (``runs/model`` next to a ``runs`` folder). ``HuggingFaceTB/SmolLM2-135M-Instruct`` and
+    ``gpt2`` stay Hub names (unless an ``HuggingFaceTB`` folder exists in the working directory).
+    """
+    name = name_or_path
+    if name.startswith(_BUILTIN_PREFIX):
+        return False
+    if os.path.isabs(name) or name in (".", "..", "~") or name.startswith(("./", "../", "~/")):
+        return True
+    if "\\" in name or name.count("/") > 1:  # a backslash also catches Windows paths
+        return True
+    return "/" in name and os.path.exists(name.split("/", 1)[0])
+
+
+def check_model_path(name_or_path: str, key: str = "model.name_or_path") -> None:
+    """Fail early, naming the config ``key``, when ``name_or_path`` is a local path (see
+    :func:`looks_like_local_path`) that does not exist or is not a folder.
+
+    Without this, transformers takes a missing folder for a Hub name and fails with "Repo id must
+    be in the form 'repo_name' or 'namespace/repo_name'", which hides the usual cause: a path to
+    the output of a stage that has not run yet.
+    """
+    if not looks_like_local_path(name_or_path):
+        return
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise NotADirectoryError(f"{key}: {name_or_path} is a file; expected a model folder "
+                                 "(save_pretrained output), a Hub name ('owner/name') or a builtin:* name")
+    raise FileNotFoundError(f"{key}: model folder {name_or_path} does not exist (is it the output of a stage "
+                            "that has not run yet?); expected a model folder (save_pretrained output), "
+                            "a Hub name ('owner/name') or a builtin:* name")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,6 +99,7 @@ def load_tokenizer(cfg: ModelConfig, *, padding_side: str = "right"):
     """
     from transformers import AutoTokenizer
 
+    check_model_path(cfg.name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(
         resolve_model_path(cfg.name_or_path),
         revision=_revision(cfg),
@@ -70,11 +118,19 @@ def _choose_pad_token(tokenizer) -> None:
         if token is not None and token in vocab and token != tokenizer.eos_token:
             tokenizer.pad_token = token
             return
+    # Adding a token would change the vocabulary size behind the model's back, so pad stays EOS.
+    # That is safe because padding is found by position, never by token id: attention masks,
+    # SFT / DPO labels (-100 at padded positions; an EOS that ends a reply is labelled), PPO
+    # response masks (kept up to and including the first EOS) and the reward at the last
+    # attended token.
+    why = ("padding is masked by position (attention mask, labels, response mask), never by token id, "
+           "so an EOS that ends a reply is still learned and generation still stops at it")
     if tokenizer.pad_token is None:
-        # Adding a token would change the vocabulary size behind the model's back; padding with
-        # EOS is safe as long as every consumer masks padding, which ours do.
-        logger.warning("tokenizer has no pad token and no spare special token; padding with EOS")
+        logger.warning("tokenizer has no pad token and no spare special token; padding with EOS (%s)", why)
         tokenizer.pad_token = tokenizer.eos_token
+    else:
+        logger.warning("tokenizer pads with its EOS token %r and has no spare special token to pad with instead; "
+                       "keeping pad == eos (%s)", tokenizer.eos_token, why)
 
 
 def load_causal_lm(cfg: ModelConfig, *, dtype: Union[str, torch.dtype, None] = None):
@@ -85,6 +141,7 @@ def load_causal_lm(cfg: ModelConfig, *, dtype: Union[str, torch.dtype, None] = N
     """
     from transformers import AutoModelForCausalLM
 
+    check_model_path(cfg.name_or_path)
     kwargs: dict[str, Any] = {
         "revision": _revision(cfg),
         "trust_remote_code": cfg.trust_remote_code,

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from rlhf.backend import shared_process_group, unpartitioned_loading
 from rlhf.config import ConfigError, _build, load_config, merge, replace_path, to_dict
 from rlhf.pipeline_config import SECTION_KEYS, STAGE_ORDER, PipelineConfig
 
@@ -210,20 +211,22 @@ def run(cfg: PipelineConfig, source: str = "pipeline") -> dict:
     if main:
         print(f"rlhf pipeline: {source} -> {cfg.output_dir}\n{describe_plan(plans)}", flush=True)
     record: dict[str, Any] = {"config": to_dict(cfg), "stages": {}}
-    for name, p in plans.items():
-        entry = {"output_dir": str(p.output_dir), "action": p.action}
-        if p.action in ("run", "resume"):
-            if main:
-                print(f"\n== {name} ({p.action}) -> {p.output_dir}", flush=True)
-            stage_started = time.time()
-            importlib.import_module(STAGE_CLASSES[name][0]).run(p.cfg)
-            entry["wall_time_s"] = round(time.time() - stage_started, 1)
-        entry["summary"] = json.loads((p.output_dir / "summary.json").read_text()) if main else None
-        record["stages"][name] = entry
+    with shared_process_group():
+        for name, p in plans.items():
+            entry = {"output_dir": str(p.output_dir), "action": p.action}
+            if p.action in ("run", "resume"):
+                if main:
+                    print(f"\n== {name} ({p.action}) -> {p.output_dir}", flush=True)
+                stage_started = time.time()
+                importlib.import_module(STAGE_CLASSES[name][0]).run(p.cfg)
+                entry["wall_time_s"] = round(time.time() - stage_started, 1)
+            entry["summary"] = json.loads((p.output_dir / "summary.json").read_text()) if main else None
+            record["stages"][name] = entry
     if not main:  # evaluation and the record are the main process's
         return record
     if cfg.eval.enabled:
-        record["eval"] = _evaluate(cfg, plans)
+        with unpartitioned_loading():  # the main process evaluates alone
+            record["eval"] = _evaluate(cfg, plans)
     record["wall_time_s"] = round(time.time() - started, 1)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(cfg.output_dir) / "pipeline.json.tmp"

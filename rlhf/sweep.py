@@ -181,17 +181,20 @@ def table(rows: list[dict], keys: list[str], metric: str, best: Optional[int]) -
 
 def run(cfg: SweepConfig) -> dict:
     """Every trial, then the table, sweep.json and (when there is a KL and a score) frontier.png."""
+    from rlhf.backend import shared_process_group
+
     trials = trial_params(cfg)
     main = int(os.environ.get("RANK", "0")) == 0
     out = Path(cfg.output_dir)
     rows: list[dict] = []
-    for number, params in enumerate(trials):
-        name = f"trial-{number:03d}"
-        if main:
-            print(f"\n=== sweep {out}: {name} of {len(trials)}: {_label(params) or 'fixed keys only'}", flush=True)
-        folder = _run_trial(cfg, name, params)
-        if main:
-            rows += trial_rows(cfg, name, params, folder)
+    with shared_process_group():
+        for number, params in enumerate(trials):
+            name = f"trial-{number:03d}"
+            if main:
+                print(f"\n=== sweep {out}: {name} of {len(trials)}: {_label(params) or 'fixed keys only'}", flush=True)
+            folder = _run_trial(cfg, name, params)
+            if main:
+                rows += trial_rows(cfg, name, params, folder)
     if not main:
         return {}
     swept = list(dict.fromkeys(k for p in trials for k in p if k != "stages"))

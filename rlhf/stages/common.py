@@ -20,6 +20,9 @@ def start(cfg) -> Backend:
     """The backend for a stage config, with the output folder and resolved config written."""
     from transformers.utils import logging as hf_logging
 
+    from rlhf.models import check_model_path
+
+    check_model_path(cfg.model.name_or_path)  # before anything is written
     hf_logging.disable_progress_bar()  # per-shard load/save bars would bury the training bar
     backend = Backend(
         seed=cfg.seed,

@@ -18,7 +18,8 @@ from rlhf.advantages import explained_variance, gae, masked_moments, moments_to_
 from rlhf.checkpoint import read_checkpoint_state, save_checkpoint
 from rlhf.kl import kl_penalty, make_kl_controller
 from rlhf.losses import ppo_policy_loss, ppo_value_loss
-from rlhf.models import apply_adaptation, count_parameters, disable_dropout, load_causal_lm, load_tokenizer, save_model
+from rlhf.models import (apply_adaptation, check_model_path, count_parameters, disable_dropout, load_causal_lm,
+                         load_tokenizer, save_model)
 from rlhf.ops import entropy_from_logits, masked_sum, token_logprobs
 from rlhf.optim import build_optimizer
 from rlhf.rewards import Scorer
@@ -64,6 +65,11 @@ def _save_policy(backend, model, tokenizer, folder: Path, merge: bool) -> Path:
 
 def run(cfg: PPOConfig) -> dict:
     started = time.time()
+    # Before anything is written: a folder from a stage that has not run yet is named by its key
+    # (common.start checks model.name_or_path).
+    for key, name in (("critic.init_from", cfg.critic.init_from), ("reward.model", cfg.reward.model)):
+        if name:
+            check_model_path(name, key)
     backend = common.start(cfg)
     world, rank = backend.world_size, backend.rank
     mini_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * world
@@ -77,8 +83,6 @@ def run(cfg: PPOConfig) -> dict:
     policy = disable_dropout(load_causal_lm(cfg.model))
     lora = cfg.model.adapt.strategy in ("lora", "qlora")
     reference_mode = cfg.reference if cfg.reference != "auto" else ("lora_disabled" if lora else "copy")
-    if reference_mode == "lora_disabled" and not lora:
-        raise ValueError("reference=lora_disabled needs model.adapt.strategy=lora (or qlora)")
     policy = apply_adaptation(policy, cfg.model.adapt)
     critic = load_critic(cfg.critic.init_from or cfg.model.name_or_path, cfg.critic.adapt,
                          pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
@@ -228,7 +232,8 @@ def run(cfg: PPOConfig) -> dict:
             "tokens_per_s": float(stats[4]) / max(rollout_s + update_s, 1e-9), "lr": scheduler.get_last_lr()[0],
         }
         # "loss" drives the progress bar's readout: the PPO objective of the last epochs.
-        tracker.log(step, {"loss": metrics["policy_loss"] + cfg.ppo.vf_coef * metrics["value_loss"], **metrics})
+        if step % cfg.tracking.log_every == 0 or step in (1, cfg.max_steps):  # step 1 is the summary's first_score
+            tracker.log(step, {"loss": metrics["policy_loss"] + cfg.ppo.vf_coef * metrics["value_loss"], **metrics})
         if cfg.rollout.log_samples_every and (step % cfg.rollout.log_samples_every == 0 or step == 1):
             tracker.log_samples(step, [{"prompt": str(p), "response": r, "score": float(s)} for p, r, s in
                                        zip(my_prompts, samples.texts, raw_scores.tolist())][: cfg.rollout.log_samples])

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from rlhf.config import param
+from rlhf.kl import AdaptiveKLController
 from rlhf.sections import AdaptConfig, StageConfig
 
 
@@ -94,7 +95,12 @@ class PPOConfig(StageConfig):
     the mini-batch of an optimizer step is batch.micro_batch_size x batch.grad_accum x processes."""
 
     output_dir: str = param("runs/ppo", "Folder for the model, checkpoints, logs, samples and plots.")
-    max_steps: int = param(100, "PPO steps (rollout + update).")
+    max_steps: int = param(100, "PPO steps (rollout + update); must be > 0: PPO does not derive its length "
+                           "from `epochs`.")
+    epochs: float = param(1.0, "Not used by PPO: the run lasts max_steps PPO steps (the passes over each "
+                          "rollout batch are ppo.epochs).")
+    eval_steps: int = param(0, "Not used by PPO: it has no held-out evaluation; its rollout metrics (score, KL, "
+                            "...) are logged every tracking.log_every steps.")
     data: PPODataConfig = param(default_factory=PPODataConfig, doc="Prompts.")
     rollout: RolloutConfig = param(default_factory=RolloutConfig, doc="Generation.")
     reward: RewardConfig = param(default_factory=RewardConfig, doc="Scores.")
@@ -104,3 +110,50 @@ class PPOConfig(StageConfig):
     reference: Literal["auto", "copy", "lora_disabled"] = param(
         "auto", "copy: frozen copy of the policy; lora_disabled: the policy with adapters off (LoRA only, one "
         "base model in memory); auto: lora_disabled for LoRA, else copy.")
+
+    def __post_init__(self) -> None:
+        # Combinations checked when the config is built, before a run writes anything; the
+        # mini-batch check that involves the number of processes is repeated when the run starts.
+        if self.max_steps <= 0:
+            raise ValueError(f"max_steps must be > 0 for PPO (it does not derive its length from epochs), "
+                             f"got {self.max_steps}")
+        for key, value in (("rollout.batch_size", self.rollout.batch_size),
+                           ("rollout.generation_batch_size", self.rollout.generation_batch_size),
+                           ("batch.micro_batch_size", self.batch.micro_batch_size),
+                           ("batch.grad_accum", self.batch.grad_accum)):
+            if value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
+        local_mini = self.batch.micro_batch_size * self.batch.grad_accum
+        if self.rollout.batch_size % local_mini:
+            raise ValueError(f"rollout.batch_size={self.rollout.batch_size} must be a multiple of the mini-batch "
+                             f"batch.micro_batch_size x batch.grad_accum = {local_mini} (x the number of processes, "
+                             "checked when the run starts)")
+        if self.rollout.temperature <= 0:
+            raise ValueError(f"rollout.temperature must be > 0 (log-probs are taken at that temperature), "
+                             f"got {self.rollout.temperature}")
+        if self.reference == "lora_disabled" and self.model.adapt.strategy not in ("lora", "qlora"):
+            raise ValueError(f"reference=lora_disabled needs model.adapt.strategy lora or qlora, got "
+                             f"{self.model.adapt.strategy!r}; use reference=copy (or auto)")
+        sources = ([f"reward.model={self.reward.model}"] if self.reward.model else []) + list(self.reward.functions)
+        if self.reward.weights and len(self.reward.weights) != len(sources):
+            raise ValueError(f"reward.weights has {len(self.reward.weights)} entries for {len(sources)} reward "
+                             f"source(s) (reward.model first, then reward.functions: {', '.join(sources) or 'none'})")
+        self._check_kl()
+
+    def _check_kl(self) -> None:
+        kl = self.kl
+        if kl.controller == "fixed":
+            if kl.coef < 0:
+                raise ValueError(f"kl.coef must be >= 0, got {kl.coef}")
+            return
+        for key, value in (("kl.coef", kl.coef), ("kl.target", kl.target), ("kl.horizon", kl.horizon)):
+            if value <= 0:
+                raise ValueError(f"{key} must be > 0 with kl.controller=adaptive, got {value}")
+        # Each step moves the coefficient by a factor 1 + e * batch / horizon with |e| <= clip
+        # (rlhf.kl.AdaptiveKLController); at clip * batch / horizon >= 1 it could reach 0 or flip sign.
+        clip = AdaptiveKLController.PROPORTIONAL_ERROR_CLIP
+        smallest = clip * self.rollout.batch_size
+        if kl.horizon <= smallest:
+            raise ValueError(f"kl.horizon={kl.horizon} is too small for rollout.batch_size={self.rollout.batch_size}: "
+                             f"the adaptive KL coefficient changes by up to {clip:g} x batch_size / horizon per step, "
+                             f"which must stay below 1; use kl.horizon > {smallest:g}")

@@ -282,10 +282,12 @@ def _fit_normalization(cfg: RMConfig, model_dir: Path) -> dict:
     from preference_data.validate import load_sft
     from reward_models.normalization import fit_normalization, save_normalization
     from reward_models.scorer import RewardModel
+    from rlhf.backend import unpartitioned_loading
 
     records, _ = load_sft([cfg.normalize.data], quarantine_path=None)
     records = records[: cfg.normalize.max_examples]
-    scorer = RewardModel.from_pretrained(str(model_dir))
+    with unpartitioned_loading():  # the main process scores alone
+        scorer = RewardModel.from_pretrained(str(model_dir))
     scores = scorer.score([list(r.prompt) for r in records], [r.completion for r in records], normalize=False)
     norm = fit_normalization(scores)
     save_normalization(str(model_dir), norm, data=cfg.normalize.data, examples=len(scores))

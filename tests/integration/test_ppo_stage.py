@@ -95,3 +95,20 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
 def test_bad_batch_geometry_is_refused(tmp_path):
     with pytest.raises(ValueError, match="multiple of the mini-batch"):
         ppo(tmp_path, "bad", "max_steps=1", "rollout.batch_size=12")
+    assert not (tmp_path / "bad").exists()  # refused when the config is built, before config.yaml
+
+
+@pytest.mark.parametrize("key", ["model.name_or_path", "critic.init_from", "reward.model"])
+def test_missing_model_folder_is_named_before_anything_is_written(tmp_path, key):
+    missing = tmp_path / "sft-tiny" / "model"  # e.g. the output of a stage that has not run yet
+    with pytest.raises(FileNotFoundError, match=rf"^{key}: model folder {missing} does not exist "
+                                                r"\(is it the output of a stage that has not run yet\?\)"):
+        ppo(tmp_path, "out", "max_steps=1", f"{key}={missing}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_log_every_logs_every_nth_step_and_the_first_and_last(tmp_path):
+    summary, out = ppo(tmp_path, "sparse", "max_steps=4", "tracking.log_every=3")
+    log = rows(out)
+    assert [r["step"] for r in log] == [1, 3, 4]
+    assert summary["first_score"] == log[0]["score"] and summary["final_score"] == log[-1]["score"]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from rlhf.models import apply_adaptation, count_parameters, quantization_config_for, resolve_model_path
-from rlhf.sections import AdaptConfig
+from rlhf.models import (
+    apply_adaptation, check_model_path, count_parameters, load_causal_lm, load_tokenizer, looks_like_local_path,
+    quantization_config_for, resolve_model_path,
+)
+from rlhf.sections import AdaptConfig, ModelConfig
 
 V, H, L, HEADS, KV, INTER = 50, 16, 3, 4, 2, 24
 HEAD_DIM = H // HEADS  # 4
@@ -130,3 +135,72 @@ def test_unknown_builtin_lists_the_builtins(tmp_path, monkeypatch):
 def test_non_builtin_names_pass_through_unchanged():
     assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert resolve_model_path("/some/local/folder") == "/some/local/folder"
+
+
+# ---------------------------------------------------------------------------------------------
+# local folders vs Hub names
+
+
+@pytest.mark.parametrize("name, local", [
+    ("HuggingFaceTB/SmolLM2-135M-Instruct", False),  # owner/name with no such local folder: the Hub
+    ("gpt2", False),
+    ("builtin:tiny", False),
+    ("runs/sft-tiny/model", True),  # more than one '/'
+    ("runs/model", True),  # one '/', and runs/ exists here
+    ("/abs/model", True),
+    ("./model", True),
+    ("../model", True),
+    ("~/model", True),
+    ("models\\sft", True),
+])
+def test_local_path_rule(tmp_path, monkeypatch, name, local):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert looks_like_local_path(name) is local
+
+
+def test_missing_local_folder_names_the_key_the_path_and_the_likely_cause(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = ModelConfig(name_or_path="runs/sft-tiny/model")
+    for load in (load_tokenizer, load_causal_lm):
+        # Without the check transformers says "Repo id must be in the form 'repo_name' or ...".
+        with pytest.raises(FileNotFoundError, match=r"^model\.name_or_path: model folder runs/sft-tiny/model does "
+                                                    r"not exist \(is it the output of a stage that has not run yet\?\)"):
+            load(cfg)
+    with pytest.raises(FileNotFoundError, match=r"critic\.init_from: model folder \./gone does not exist"):
+        check_model_path("./gone", "critic.init_from")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match=r"model\.name_or_path: \./weights\.bin is a file"):
+        check_model_path("./weights.bin")
+    check_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")  # a Hub name is left to from_pretrained
+    check_model_path(str(tmp_path))
+
+
+def test_missing_reward_model_folders_say_so(tmp_path):
+    from reward_models.model import load_reward_model
+    from reward_models.scorer import RewardModel
+
+    missing = tmp_path / "rm-tiny" / "model"
+    with pytest.raises(FileNotFoundError, match=rf"model\.name_or_path: model folder {missing} does not exist "
+                                                r"\(is it the output of a stage that has not run yet\?\)"):
+        load_reward_model(ModelConfig(name_or_path=str(missing)), pad_token_id=0)
+    with pytest.raises(FileNotFoundError, match=rf"reward model folder {missing} does not exist \(is it the output "
+                                                r"of a stage that has not run yet\?\)"):
+        RewardModel.from_pretrained(missing)
+
+
+def test_home_folder_is_expanded():
+    assert resolve_model_path("~/models/x") == str(Path.home() / "models" / "x")
+
+
+def test_tokenizer_that_pads_with_eos_and_has_no_spare_token_warns(tmp_path, caplog):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"hello": 0, "world": 1, "<eos>": 2}))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>").save_pretrained(tmp_path)
+    with caplog.at_level("WARNING", logger="rlhf.models"):
+        tokenizer = load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<eos>"  # no other token to pad with
+    assert "pads with its EOS token '<eos>'" in caplog.text and "masked by position" in caplog.text

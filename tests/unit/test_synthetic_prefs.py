@@ -2,8 +2,10 @@
 
 from itertools import combinations
 
+import pytest
+
 from preference_data.readers import iter_rows
-from preference_data.synthetic import judge
+from preference_data.synthetic import TEST_COMBINATIONS, in_split, judge, parse_prompt
 from preference_data.synthetic_prefs import pairwise_records, ranked_records, rated_records
 
 
@@ -42,3 +44,39 @@ def test_rated_scores_track_the_judge_and_builtins_read():
     rows = list(iter_rows("builtin:judged-ranked?n=7&noise=20&annotators=2"))
     assert len(rows) == 14 and rows[0].data["annotator"] == "ann0"
     assert len(list(iter_rows("builtin:judged-pairwise?n=5"))) == 5
+
+
+def test_split_all_is_the_output_without_split():
+    assert pairwise_records(100, seed=3, noise=0.2, annotators=2, split="all") == \
+        pairwise_records(100, seed=3, noise=0.2, annotators=2)
+    assert ranked_records(100, seed=3, noise=0.3, split="all") == ranked_records(100, seed=3, noise=0.3)
+    assert rated_records(100, seed=3, k=3, split="all") == rated_records(100, seed=3, k=3)
+    for name in ("judged-pairwise", "judged-ranked", "judged-rated"):
+        with_all = [row.data for row in iter_rows(f"builtin:{name}?n=30&seed=2&noise=10&split=all")]
+        assert with_all == [row.data for row in iter_rows(f"builtin:{name}?n=30&seed=2&noise=10")]
+
+
+@pytest.mark.parametrize("name", ["judged-pairwise", "judged-ranked", "judged-rated"])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_preference_builtins_respect_the_split(name, split):
+    rows = [row.data for row in iter_rows(f"builtin:{name}?n=200&seed=1&noise=10&split={split}")]
+    assert len(rows) == 200
+    assert all(in_split(r["prompt"], split) for r in rows)
+    other = "test" if split == "train" else "train"
+    assert not any(in_split(r["prompt"], other) for r in rows)
+    assert rows == [row.data for row in iter_rows(f"builtin:{name}?n=200&seed=1&noise=10&split={split}")]
+
+
+def test_split_records_keep_their_labels():
+    for record in pairwise_records(100, seed=0, split="test"):
+        assert judge(record["prompt"], record["chosen"]) > judge(record["prompt"], record["rejected"])
+    prompts = {parse_prompt(r["prompt"]) for r in ranked_records(500, seed=0, split="test")}
+    assert prompts == TEST_COMBINATIONS
+
+
+@pytest.mark.parametrize("name", ["judged-pairwise", "judged-ranked", "judged-rated"])
+def test_unknown_split_names_the_source_and_the_allowed_values(name):
+    with pytest.raises(ValueError, match=rf"builtin:{name}: unknown split 'eval'.*all, train, test"):
+        iter_rows(f"builtin:{name}?n=3&split=eval")
+    with pytest.raises(ValueError, match="unknown split"):
+        rated_records(3, split="Train")
