@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from rlhf.models import apply_adaptation, merged_copy, quantization_config_for, resolve_model_path
+from rlhf.models import apply_adaptation, check_model_path, merged_copy, quantization_config_for, resolve_model_path
 from rlhf.sections import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -252,6 +252,7 @@ def load_reward_model(
     """
     from transformers import AutoModelForSequenceClassification
 
+    check_model_path(cfg.name_or_path)
     kwargs: dict[str, Any] = {
         "num_labels": 1,
         "revision": None if cfg.name_or_path.startswith("builtin:") else cfg.revision,

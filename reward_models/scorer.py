@@ -94,7 +94,13 @@ class RewardModel:
         """
         from transformers import AutoTokenizer
 
-        path = Path(path)
+        path = Path(path).expanduser()
+        # Checked here: transformers would take a missing folder for a Hub name and say so.
+        if not path.exists():
+            raise FileNotFoundError(f"reward model folder {path} does not exist (is it the output of a stage "
+                                    "that has not run yet?); expected a folder written by `rlhf rm`")
+        if not path.is_dir():
+            raise NotADirectoryError(f"reward model {path} is a file; expected a folder written by `rlhf rm`")
         if isinstance(dtype, str):
             if dtype not in _DTYPES:
                 raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
