@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/rlhf sft --config configs/sft/smollm2.yaml
+	$(BIN)/rlhf pipeline --config configs/pipeline/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

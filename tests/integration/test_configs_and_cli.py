@@ -30,11 +30,32 @@ def test_every_config_file_loads(path: Path):
         if data["distributed_type"] == "DEEPSPEED":
             assert data["deepspeed_config"]["zero_stage"] in (1, 2, 3)
         return
+    if folder in ("pipeline", "sweep"):
+        _plan_every_stage(path, folder)
+        return
     cfg = load_config(config_class(folder), path)
     assert cfg.output_dir and (cfg.max_steps > 0 or cfg.epochs > 0)
     # The same top-level keys work for every stage.
     moved = load_config(config_class(folder), path, ["output_dir=/tmp/x", "max_steps=20", "seed=3"])
     assert (moved.output_dir, moved.max_steps, moved.seed) == ("/tmp/x", 20, 3)
+
+
+def _plan_every_stage(path: Path, folder: str) -> None:
+    """A pipeline preset, or every trial of a sweep, resolves into valid stage configs."""
+    from rlhf.pipeline import plan
+    from rlhf.pipeline_config import PipelineConfig
+    from rlhf.sweep import SweepConfig, _nest, trial_params
+
+    if folder == "pipeline":
+        trials = [(path, {})]
+    else:
+        sweep = load_config(SweepConfig, path)
+        assert sweep.command == "pipeline" and trial_params(sweep)
+        trials = [(Path(sweep.base), _nest({**sweep.fixed, **params})) for params in trial_params(sweep)]
+    for base, extra in trials:
+        cfg = load_config(PipelineConfig, base, [], extra={**extra, "output_dir": "/tmp/never-written"})
+        plans = plan(cfg, str(path))
+        assert set(cfg.stages) <= set(plans)  # (a sweep's shared SFT may already be done here)
 
 
 def test_accelerate_configs_cover_the_engines():
@@ -50,13 +71,19 @@ def test_unknown_key_names_the_key_and_suggests(capsys):
         load_config(config_class("sft"), None, ["model.adapt.strategy=lorra"])
 
 
-def test_help_lists_every_stage_and_unbuilt_ones_say_so():
+def test_help_lists_every_command_and_a_pipeline_without_config_is_refused():
     out = subprocess.run([sys.executable, "-m", "rlhf.cli", "--help"], capture_output=True, text=True, check=True).stdout
-    for stage in ("sft", "rm", "ppo", "dpo", "pipeline", "data", "eval"):
-        assert stage in out
-    result = subprocess.run([sys.executable, "-m", "rlhf.cli", "pipeline", "--config", "x.yaml"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "not available" in result.stderr
+    for command in ("sft", "rm", "ppo", "dpo", "pipeline", "sweep", "eval", "export", "chat", "data"):
+        assert command in out
+    result = subprocess.run([sys.executable, "-m", "rlhf.cli", "pipeline"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--config" in result.stderr
+
+
+def test_a_missing_model_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "dpo"
+    assert main(["dpo", "--config", "configs/dpo/tiny.yaml", f"output_dir={out}",
+                 f"model.name_or_path={tmp_path / 'no-sft-yet' / 'model'}"]) == 2
+    assert "model.name_or_path: model folder" in capsys.readouterr().err and not out.exists()
 
 
 def test_help_config_documents_keys(capsys):
