@@ -46,6 +46,26 @@ def launch_command(config_file: str | None, num_processes: int, port: int) -> li
     return cmd + ["--main_process_port", str(port), str(REPO / "scripts" / "train.py")]
 
 
+def launch(engine: str, port: int, args: list[str], num_processes: int = 2):
+    """Runs ``scripts/train.py <args>`` on ``num_processes`` CPU processes under ``engine`` ('ddp'
+    over gloo, or the name of a configs/accelerate/ file such as 'zero3'); returns the result
+    after checking the exit code (the output tails are in the assertion message)."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
+    env["OMP_NUM_THREADS"] = "1"
+    config = None
+    if engine == "ddp":
+        env["ACCELERATE_USE_CPU"] = "1"
+    else:
+        config = str(REPO / f"configs/accelerate/{engine}.yaml")
+    cmd = launch_command(config, num_processes, port) + list(args)
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
 def constant_reward(prompt, response) -> float:
     """A reward function for tests (given as `helpers:constant_reward`)."""
     return 7.0

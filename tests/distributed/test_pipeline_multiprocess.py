@@ -2,30 +2,19 @@
 engine in one process group (set up once per launch), and the main process evaluates alone."""
 
 import json
-import os
-import subprocess
 
 import pytest
 
-from helpers import PIPELINE_SHORT, REPO, launch_command
+from helpers import PIPELINE_SHORT, launch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("engine, port", [("ddp", 29631), ("zero3", 29632)])
 def test_pipeline_runs_every_stage_on_the_launched_engine(tmp_path, engine, port):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
-    env["OMP_NUM_THREADS"] = "1"
-    config = None
-    if engine == "ddp":
-        env["ACCELERATE_USE_CPU"] = "1"
-    else:
-        config = str(REPO / f"configs/accelerate/{engine}.yaml")
     out = tmp_path / "p"
-    cmd = launch_command(config, 2, port) + ["pipeline", "--config", "configs/pipeline/tiny.yaml", f"output_dir={out}",
-                                             *PIPELINE_SHORT, "ppo.batch.micro_batch_size=8"]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    launch(engine, port, ["pipeline", "--config", "configs/pipeline/tiny.yaml", f"output_dir={out}",
+                          *PIPELINE_SHORT, "ppo.batch.micro_batch_size=8"])
     record = json.loads((out / "pipeline.json").read_text())
     expected = ("DEEPSPEED", 3) if engine == "zero3" else ("MULTI_CPU", None)
     for stage in ("sft", "rm", "ppo", "dpo"):

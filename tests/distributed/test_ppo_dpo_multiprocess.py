@@ -8,14 +8,12 @@ precomputed under ZeRO-3 too.
 """
 
 import json
-import os
-import subprocess
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO, launch_command
+from helpers import REPO, launch
 from rlhf.config import load_config
 from rlhf.stages.dpo import DPOConfig
 from rlhf.stages.dpo import run as run_dpo
@@ -33,17 +31,8 @@ DPO_ARGS = ["tracking.mode=disabled", "tracking.progress=false", "eval_steps=0",
             "data.train=['builtin:judged-pairwise?n=120']", "data.eval=['builtin:judged-pairwise?n=30&seed=9']"]
 
 
-def launch(tmp_path, name, engine, port, stage, config, args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
-    env["OMP_NUM_THREADS"] = "1"
-    accelerate_config = None
-    if engine == "ddp":
-        env["ACCELERATE_USE_CPU"] = "1"
-    else:
-        accelerate_config = str(REPO / f"configs/accelerate/{engine}.yaml")
-    cmd = launch_command(accelerate_config, 2, port) + [stage, "--config", config, f"output_dir={tmp_path / name}", *args]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+def launch_stage(tmp_path, name, engine, port, stage, config, args):
+    launch(engine, port, [stage, "--config", config, f"output_dir={tmp_path / name}", *args])
     return json.loads((tmp_path / name / "summary.json").read_text())
 
 
@@ -59,7 +48,7 @@ def assert_same_weights(a_dir, b_dir, atol=5e-6):
 def test_ppo_two_processes_match_one(tmp_path, engine):
     run_ppo(load_config(PPOConfig, str(REPO / "configs/ppo/tiny.yaml"),
                         [f"output_dir={tmp_path / 'single'}", *PPO_ARGS, "batch.micro_batch_size=16"]))
-    summary = launch(tmp_path, engine, engine, 29551 if engine == "ddp" else 29552, "ppo", "configs/ppo/tiny.yaml",
+    summary = launch_stage(tmp_path, engine, engine, 29551 if engine == "ddp" else 29552, "ppo", "configs/ppo/tiny.yaml",
                      [*PPO_ARGS, "batch.micro_batch_size=4", "batch.grad_accum=2"])
     assert summary["world_size"] == 2 and summary["zero_stage"] == (3 if engine == "zero3" else None)
     single = [json.loads(l) for l in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
@@ -73,7 +62,7 @@ def test_ppo_two_processes_match_one(tmp_path, engine):
 def test_dpo_zero3_with_precomputed_reference_matches_one_process(tmp_path):
     run_dpo(load_config(DPOConfig, str(REPO / "configs/dpo/tiny.yaml"),
                         [f"output_dir={tmp_path / 'single'}", *DPO_ARGS, "batch.micro_batch_size=8"]))
-    summary = launch(tmp_path, "zero3", "zero3", 29553, "dpo", "configs/dpo/tiny.yaml",
+    summary = launch_stage(tmp_path, "zero3", "zero3", 29553, "dpo", "configs/dpo/tiny.yaml",
                      [*DPO_ARGS, "batch.micro_batch_size=2", "batch.grad_accum=2"])
     single = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert summary["zero_stage"] == 3 and summary["first_loss"] == pytest.approx(0.6931472, abs=1e-4)

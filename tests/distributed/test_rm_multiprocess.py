@@ -1,14 +1,12 @@
 """The reward-model stage on 2 CPU processes (DDP and ZeRO-2) matches 1 process."""
 
 import json
-import os
-import subprocess
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO, launch_command
+from helpers import REPO, launch
 from rlhf.config import load_config
 from rlhf.stages.rm import RMConfig, run
 
@@ -27,18 +25,9 @@ def weights(folder):
 def test_two_processes_match_one(tmp_path, engine):
     run(load_config(RMConfig, str(REPO / "configs/rm/tiny_ranked.yaml"),
                     [f"output_dir={tmp_path / 'single'}", *ARGS, "batch.micro_batch_size=8"]))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
-    env["OMP_NUM_THREADS"] = "1"
-    config = None
-    if engine == "ddp":
-        env["ACCELERATE_USE_CPU"] = "1"
-    else:
-        config = str(REPO / "configs/accelerate/zero2.yaml")
-    cmd = launch_command(config, 2, 29541 if engine == "ddp" else 29542) + [
+    launch(engine, 29541 if engine == "ddp" else 29542, [
         "rm", "--config", "configs/rm/tiny_ranked.yaml", f"output_dir={tmp_path / engine}", *ARGS,
-        "batch.micro_batch_size=2", "batch.grad_accum=2"]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        "batch.micro_batch_size=2", "batch.grad_accum=2"])
     summary = json.loads((tmp_path / engine / "summary.json").read_text())
     single = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["eval_pairs"] == single["eval_pairs"] == 30

@@ -13,24 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO, launch_command, sft_overrides
+from helpers import REPO, launch, sft_overrides
 from rlhf.config import load_config
 from rlhf.stages.sft import SFTConfig, run
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
-def launch(tmp_path, name, config_file, port, *extra):
+def launch_sft(tmp_path, name, engine, port, *extra):
     out = tmp_path / name
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
-    env["OMP_NUM_THREADS"] = "1"
-    if config_file is None:
-        env["ACCELERATE_USE_CPU"] = "1"  # DDP over gloo on CPU
-    cmd = launch_command(config_file, 2, port) + [
-        "sft", "--config", "configs/sft/tiny.yaml", *sft_overrides(out, "max_steps=3", *extra)
-    ]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    launch(engine, port, ["sft", "--config", "configs/sft/tiny.yaml", *sft_overrides(out, "max_steps=3", *extra)])
     return out
 
 
@@ -50,7 +42,7 @@ def assert_close_weights(a_dir, b_dir):
 
 
 def test_ddp_two_processes_match_one(tmp_path):
-    ddp = launch(tmp_path, "ddp", None, 29531, "batch.micro_batch_size=8")
+    ddp = launch_sft(tmp_path, "ddp", "ddp", 29531, "batch.micro_batch_size=8")
     summary = json.loads((ddp / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["distributed_type"] == "MULTI_CPU"
     assert_close_weights(single(tmp_path), ddp)
@@ -58,8 +50,8 @@ def test_ddp_two_processes_match_one(tmp_path):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_two_processes_match_one(tmp_path, stage):
-    zero = launch(tmp_path, f"zero{stage}", str(REPO / f"configs/accelerate/zero{stage}.yaml"), 29530 + stage,
-                  "batch.micro_batch_size=4", "batch.grad_accum=2")
+    zero = launch_sft(tmp_path, f"zero{stage}", f"zero{stage}", 29530 + stage,
+                      "batch.micro_batch_size=4", "batch.grad_accum=2")
     summary = json.loads((zero / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["distributed_type"] == "DEEPSPEED"
     assert summary["zero_stage"] == stage
