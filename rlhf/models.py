@@ -337,12 +337,20 @@ def save_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     from peft import PeftModel
 
-    model.save_pretrained(out_dir, state_dict=state_dict)
+    # Training switches the KV cache off (activation checkpointing); whoever loads the saved
+    # model next generates with it, so the saved config has it on.
+    config = model.get_base_model().config if isinstance(model, PeftModel) else model.config
+    training_value, config.use_cache = config.use_cache, True
+    try:
+        model.save_pretrained(out_dir, state_dict=state_dict)
+    finally:
+        config.use_cache = training_value
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     if merge and isinstance(model, PeftModel):
         merged = merged_copy(model, out_dir, state_dict)
         if merged is not None:
+            merged.config.use_cache = True
             merged.save_pretrained(out_dir / "merged")
             if tokenizer is not None:
                 tokenizer.save_pretrained(out_dir / "merged")

@@ -132,6 +132,7 @@ def sample(model, tokenizer, prompts: Sequence, sampling: SamplingConfig, *, cha
             top_p=sampling.top_p if sampled else None,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,  # a model saved after training with checkpointing says False
         )
     finally:
         tokenizer.padding_side = side

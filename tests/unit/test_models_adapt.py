@@ -204,3 +204,18 @@ def test_tokenizer_that_pads_with_eos_and_has_no_spare_token_warns(tmp_path, cap
         tokenizer = load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
     assert tokenizer.pad_token == tokenizer.eos_token == "<eos>"  # no other token to pad with
     assert "pads with its EOS token '<eos>'" in caplog.text and "masked by position" in caplog.text
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_saved_models_generate_with_the_kv_cache_even_after_checkpointed_training(tmp_path, strategy):
+    from transformers import AutoConfig
+
+    from rlhf.models import save_model
+
+    model = apply_adaptation(tiny_llama(), AdaptConfig(strategy=strategy, lora_r=2))
+    config = model.get_base_model().config if strategy == "lora" else model.config
+    config.use_cache = False  # as SFT leaves it
+    save_model(model, None, tmp_path / "model", merge=True)
+    saved = tmp_path / "model" / ("merged" if strategy == "lora" else "")
+    assert AutoConfig.from_pretrained(saved).use_cache is True
+    assert config.use_cache is False  # the model in training keeps its setting
