@@ -151,8 +151,9 @@ def trial_rows(cfg: SweepConfig, name: str, params: dict[str, Any], folder: Path
     rows = []
     for policy, row in results["policies"].items():
         values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        rows.append({**base, "policy": policy, "baseline": policy == results["baseline"], "path": row["path"],
-                     **values})
+        is_baseline = policy == results["baseline"]
+        head = {"trial": name, "label": policy} if is_baseline else base  # the baseline is not what was swept
+        rows.append({**head, "policy": policy, "baseline": is_baseline, "path": row["path"], **values})
     return rows
 
 
