@@ -24,6 +24,7 @@ DESCRIPTIONS = {
     "sweep": "grid or random search over config keys of a stage or pipeline, with a results table",
     "export": "write a run's model as a merged save_pretrained folder (LoRA folded in)",
     "chat": "talk to a model folder in the terminal",
+    "annotate": "preference annotation: sample tasks, annotator tokens, serve the ranking page, export",
 }
 # commands with their own argument parser: name -> module with main(argv)
 TOOLS = {
@@ -32,6 +33,7 @@ TOOLS = {
     "eval": "rlhf.eval_cli",
     "export": "rlhf.export_cli",
     "chat": "rlhf.chat_cli",
+    "annotate": "rlhf.annotate_cli",
     "data": "rlhf.data_cli",
 }
 
