@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export RLHF_CACHE ?= $(CURDIR)/.cache/rlhf
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup browser demo test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/rlhf pipeline --config configs/pipeline/quickstart.yaml
 
-test: setup
+# The annotation page's browser test drives Debian's headless Chromium (needs root for apt-get).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
