@@ -76,7 +76,7 @@ def generate(model: str, prompts: str, k: int, out: str, *, temperature: float =
     """
     from preference_data.validate_preferences import load_kind
     from preference_data.writers import write_jsonl
-    from rlhf.eval_cli import _device, _load
+    from rlhf.model_io import load_policy, resolve_device
     from rlhf.rollout import SamplingConfig, sample
 
     if k < 2:
@@ -87,10 +87,10 @@ def generate(model: str, prompts: str, k: int, out: str, *, temperature: float =
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need --temperature >= 0 and 0 < --top-p <= 1, got {temperature} and {top_p}")
-    target = _device(device)
+    target = resolve_device(device)
     records, report = load_kind(prompts, "prompt", quarantine_path=None, strict=True)
     texts = [r.prompt for r in records]
-    policy, tokenizer = _load(model, target)
+    policy, tokenizer = load_policy(model, target)
     sampling = SamplingConfig(max_new_tokens, temperature, 0, top_p, temperature > 0)
     responses: list[list[str]] = [[] for _ in texts]
     bar = None

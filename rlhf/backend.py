@@ -45,6 +45,11 @@ def _resolve_mixed_precision(requested: str) -> str:
 _SHARED_DEPTH = 0  # > 0 inside shared_process_group()
 
 
+def launched_as_main() -> bool:
+    """Whether this is the main process of the launch (rank 0), known before any Backend exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextlib.contextmanager
 def shared_process_group() -> Iterator[None]:
     """Stages run inside share one process group, destroyed when the outermost block ends.

@@ -50,36 +50,6 @@ def _policies(items: list[str]) -> dict[str, str]:
     return policies
 
 
-def _device(name: str):
-    """``auto`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
-    return device
-
-
-def _load(path: str, device):
-    """A policy (run folder, model folder, LoRA adapter or builtin: name) and its tokenizer."""
-    import torch
-
-    from rlhf.model_io import find_model, load_model
-    from rlhf.models import disable_dropout, load_tokenizer
-    from rlhf.sections import ModelConfig
-
-    source = find_model(path)  # ModelFolderError (a ValueError) names the path
-    if source.kind == "reward_model":
-        raise ValueError(f"{path} is a reward model, not a policy; give it with --reward-model")
-    model = load_model(source, torch.float32)
-    return disable_dropout(model.to(device).eval()), load_tokenizer(ModelConfig(name_or_path=source.tokenizer))
-
-
 def evaluate(policies: dict[str, str], *, judge: str | None = None, reward_model: str | None = None,
              baseline: str | None = None, reference: str | None = None, prompts: str = DEFAULT_PROMPTS,
              seeds=(0,), temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
@@ -88,6 +58,7 @@ def evaluate(policies: dict[str, str], *, judge: str | None = None, reward_model
     Arguments as in :func:`run_eval`."""
     from preference_data.validate_preferences import load_kind
     from rlhf.evaluation import sample_with_kl, win_rate
+    from rlhf.model_io import load_policy, resolve_device
     from rlhf.rewards import load_function
     from rlhf.rollout import SamplingConfig
 
@@ -101,7 +72,7 @@ def evaluate(policies: dict[str, str], *, judge: str | None = None, reward_model
         raise ValueError(f"--baseline {baseline!r} is not one of the policies: {', '.join(policies)}")
     if not judge and not reward_model:
         raise ValueError("give --judge MODULE:FUNCTION and/or --reward-model DIR to score responses")
-    target = _device(device)
+    target = resolve_device(device)
     judge_fn = load_function(judge) if judge else None
     scorer = None
     if reward_model:
@@ -112,12 +83,12 @@ def evaluate(policies: dict[str, str], *, judge: str | None = None, reward_model
     texts = [r.prompt for r in records]
     sampling = SamplingConfig(max_new_tokens, temperature, 0, top_p, temperature > 0)
     reference = reference or policies[baseline]
-    reference_model, _ = _load(reference, target)
+    reference_model, _ = load_policy(reference, target)
 
     per_policy: dict[str, dict] = {}
     samples = []
     for name, path in policies.items():
-        model, tokenizer = _load(path, target)
+        model, tokenizer = load_policy(path, target)
         runs = []
         for seed in seeds:
             out = sample_with_kl(model, reference_model, tokenizer, texts, sampling, batch_size=batch_size, seed=seed)

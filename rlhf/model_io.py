@@ -169,3 +169,31 @@ def first_line(err: BaseException) -> str:
     several lines, and the first says what failed."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
+def load_policy(path: str, device: torch.device):
+    """(policy, tokenizer) for sampling and scoring: a run folder, model folder, LoRA adapter or
+    builtin: name, in float32, dropout off, with the pad token set up as training had it."""
+    from rlhf.models import disable_dropout
+    from rlhf.models import load_tokenizer as load_training_tokenizer
+    from rlhf.sections import ModelConfig
+
+    source = find_model(path)  # ModelFolderError (a ValueError) names the path
+    if source.kind == "reward_model":
+        raise ValueError(f"{path} is a reward model, not a policy")
+    model = load_model(source, torch.float32)
+    tokenizer = load_training_tokenizer(ModelConfig(name_or_path=source.tokenizer))
+    return disable_dropout(model.to(device).eval()), tokenizer

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from rlhf.backend import shared_process_group, unpartitioned_loading
+from rlhf.backend import launched_as_main, shared_process_group, unpartitioned_loading
 from rlhf.config import ConfigError, _build, load_config, merge, replace_path, to_dict
 from rlhf.pipeline_config import SECTION_KEYS, STAGE_ORDER, PipelineConfig
 
@@ -148,7 +148,7 @@ def _resolve(cfg: PipelineConfig, stage: str, source: str, upstream: dict[str, S
     return stage_cfg
 
 
-def _decide(stage: str, stage_cfg: Any, in_pipeline: bool) -> StagePlan:
+def decide_stage(stage: str, stage_cfg: Any, in_pipeline: bool) -> StagePlan:
     from rlhf.checkpoint import complete_checkpoints
 
     out = Path(stage_cfg.output_dir)
@@ -184,7 +184,7 @@ def plan(cfg: PipelineConfig, source: str = "pipeline") -> dict[str, StagePlan]:
         if stage not in needed:
             continue
         stage_cfg = _resolve(cfg, stage, source, plans)
-        plans[stage] = _decide(stage, stage_cfg, stage in cfg.stages)
+        plans[stage] = decide_stage(stage, stage_cfg, stage in cfg.stages)
         if plans[stage].action == "missing":
             users = [s for s in cfg.stages if s != stage]
             raise PipelineError(
@@ -207,7 +207,7 @@ def run(cfg: PipelineConfig, source: str = "pipeline") -> dict:
     """Runs the planned stages, then the evaluation; returns what pipeline.json records."""
     started = time.time()
     plans = plan(cfg, source)
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = launched_as_main()
     if main:
         print(f"rlhf pipeline: {source} -> {cfg.output_dir}\n{describe_plan(plans)}", flush=True)
     record: dict[str, Any] = {"config": to_dict(cfg), "stages": {}}

@@ -13,13 +13,12 @@ import importlib
 import itertools
 import json
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from rlhf.config import ConfigError, load_config, merge, param
+from rlhf.config import ConfigError, load_config, merge, param, to_dict
 
 COMMANDS = ("pipeline", "sft", "rm", "ppo", "dpo")
 
@@ -114,7 +113,7 @@ def _label(params: dict[str, Any]) -> str:
 def _run_trial(cfg: SweepConfig, name: str, params: dict[str, Any]) -> Path:
     """Runs (or skips / resumes) one trial; returns its folder."""
     from rlhf.cli import STAGES
-    from rlhf.pipeline import PipelineError, _decide, run as run_pipeline
+    from rlhf.pipeline import PipelineError, decide_stage, run as run_pipeline
     from rlhf.pipeline_config import PipelineConfig
 
     folder = Path(cfg.output_dir) / name
@@ -132,7 +131,7 @@ def _run_trial(cfg: SweepConfig, name: str, params: dict[str, Any]) -> Path:
     extra = merge(extra, {"checkpoint": {"resume_from": "latest"},
                           "tracking": {"group": Path(cfg.output_dir).name, "run_name": name}})
     stage_cfg = load_config(getattr(module, class_name), cfg.base, [], extra=extra)
-    if _decide(cfg.command, stage_cfg, True).action != "done":
+    if decide_stage(cfg.command, stage_cfg, True).action != "done":
         module.run(stage_cfg)
     return folder
 
@@ -182,10 +181,10 @@ def table(rows: list[dict], keys: list[str], metric: str, best: Optional[int]) -
 
 def run(cfg: SweepConfig) -> dict:
     """Every trial, then the table, sweep.json and (when there is a KL and a score) frontier.png."""
-    from rlhf.backend import shared_process_group
+    from rlhf.backend import launched_as_main, shared_process_group
 
     trials = trial_params(cfg)
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = launched_as_main()
     out = Path(cfg.output_dir)
     rows: list[dict] = []
     with shared_process_group():
@@ -217,7 +216,7 @@ def run(cfg: SweepConfig) -> dict:
         f"No trial reported {cfg.metric!r}.\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text + "\n" + best_line, encoding="utf-8")
-    record = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "trials": trials, "rows": rows,
+    record = {"config": to_dict(cfg), "trials": trials, "rows": rows,
               "best": best}
     frontier = _frontier(cfg, rows, out)
     if frontier:
