@@ -14,6 +14,7 @@ render a (prompt, response) pair with the very same code: :func:`render_for_rewa
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -102,6 +103,10 @@ def _is_prompt_learning(model: nn.Module) -> bool:
     return bool(getattr(configs[model.active_adapter], "is_prompt_learning", False))
 
 
+def _is_prefix_tuning(model: nn.Module) -> bool:
+    return _is_prompt_learning(model) and model.active_peft_config.peft_type == "PREFIX_TUNING"
+
+
 def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """[B] index of the last position where ``attention_mask`` [B, T] is 1 (0 for an empty row)."""
     positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
@@ -160,8 +165,10 @@ class ScalarRewardModel(nn.Module):
         # Positions count real tokens only, so a left-padded sequence sees the positions it
         # would see alone (the default arange would shift them by the padding length).
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        if _is_prompt_learning(self.wrapped):
-            # Prefix / prompt tuning lives in peft's forward (extra keys or tokens), not in layers.
+        if _is_prefix_tuning(self.wrapped):
+            hidden = self._prefix_tuned_hidden(input_ids, attention_mask, position_ids)
+        elif _is_prompt_learning(self.wrapped):
+            # Prompt tuning prepends virtual token embeddings in peft's forward, not in layers.
             out = self.wrapped(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -182,6 +189,24 @@ class ScalarRewardModel(nn.Module):
         # The head is linear per position: apply it to the B gathered states, not all B x T.
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.head(picked)[:, 0].float()
+
+    def _prefix_tuned_hidden(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """Last hidden states [B, T, H] under prefix tuning: the learned keys / values as a cache.
+
+        peft's sequence-classification forward hands the prefix to the model as
+        ``past_key_values``; transformers 5.24 renamed that argument ``cache`` in the
+        ``*ForSequenceClassification`` forward, and peft then refuses the model. The backbone is
+        called here with the prefix under whichever name its forward takes, with the same mask
+        and positions peft uses (ones for the virtual tokens, real positions shifted past them).
+        """
+        n_virtual = self.wrapped.active_peft_config.num_virtual_tokens
+        prefix = self.wrapped.get_prompt(batch_size=input_ids.shape[0])
+        mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], n_virtual), attention_mask], dim=1)
+        base = getattr(self.seqcls, self.seqcls.base_model_prefix)
+        cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        out = base(input_ids=input_ids, attention_mask=mask, position_ids=position_ids + n_virtual,
+                   **{cache_arg: prefix})
+        return out.last_hidden_state
 
 
 # ---------------------------------------------------------------------------------------------
