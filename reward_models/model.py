@@ -25,8 +25,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from rlhf.models import apply_adaptation, check_model_path, merged_copy, quantization_config_for, resolve_model_path
-from rlhf.sections import ModelConfig
+from rlhf.models.loading import apply_adaptation, check_model_path, merged_copy, quantization_config_for, resolve_model_path
+from rlhf.config.sections import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def load_reward_model(
         _enable_checkpointing(model)
     model = apply_adaptation(model, cfg.adapt, task_type="SEQ_CLS")
     if cfg.adapt.strategy in ("full", "freeze"):
-        # freeze keeps rlhf.models' "top" modules trainable; say it outright for the scalar head,
+        # freeze keeps rlhf.models.loading' "top" modules trainable; say it outright for the scalar head,
         # whatever name the architecture gives it (BERT-like models call it classifier).
         getattr(model, head_name).requires_grad_(True)
     return ScalarRewardModel(model)
@@ -329,7 +329,7 @@ def save_reward_model(
     Full / freeze: the seq-cls model's ``save_pretrained``. LoRA / QLoRA: the adapter merged
     into full weights in ``out_dir`` (a reward model is for scoring, so the plain folder must load
     without peft), the adapter itself in ``out_dir/adapter`` -- whatever ``merge`` says, which is
-    accepted for parity with ``rlhf.models.save_model``. Prefix tuning cannot be merged: the
+    accepted for parity with ``rlhf.models.loading.save_model``. Prefix tuning cannot be merged: the
     adapter is written at ``out_dir`` (a peft folder; :class:`reward_models.scorer.RewardModel`
     loads it). ``state_dict``: the full gathered state dict of ``model`` (ZeRO-3), keys prefixed
     by ``model.`` as ``ScalarRewardModel.state_dict()`` gives them. ``extra`` is written as JSON

@@ -78,8 +78,8 @@ def _run_ours(stage: str, args, records: list[dict], *extra: str) -> list[dict]:
     """Runs our stage on ``records`` with the benchmark settings; its timed metrics rows."""
     import importlib
 
-    from rlhf.cli import STAGES
-    from rlhf.config import load_config
+    from rlhf.cli.main import STAGES
+    from rlhf.config.loader import load_config
 
     module_name, class_name, _ = STAGES[stage]
     module = importlib.import_module(module_name)
@@ -126,7 +126,7 @@ def _trl(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig as TRLConfig, SFTTrainer
 
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -192,7 +192,7 @@ def _trl_rm(args) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -221,7 +221,7 @@ def _trl_dpo(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -417,7 +417,7 @@ def bench_import(args) -> None:
         return statistics.median(samples)
 
     # Package imports, then what it takes to reach a trainer (TRL resolves its names lazily).
-    statements = ["import rlhf", "import rlhf.cli", "import trl",
+    statements = ["import rlhf", "import rlhf.cli.main", "import trl",
                   "from rlhf.stages.sft import run", "from trl import SFTTrainer"]
     for statement in statements:
         print(f"{statement:36} {timed(statement):6.2f} s (median of {args.repeats})")
@@ -437,7 +437,7 @@ def bench_data(args) -> None:
                 handle.write(json.dumps(record) + "\n")
         size = os.path.getsize(path)
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "rlhf.cli", "data", "validate", path, "--kind", "pairwise"],
+        result = subprocess.run([sys.executable, "-m", "rlhf.cli.main", "data", "validate", path, "--kind", "pairwise"],
                                 capture_output=True, text=True)
         elapsed = time.perf_counter() - start
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024

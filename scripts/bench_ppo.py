@@ -77,7 +77,7 @@ def _prepare(args, work: Path) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from preference_data.synthetic import prompt_records
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     # Our loader rejects duplicate prompts, so both sides get the deduplicated list.
     prompts = list(dict.fromkeys(r["prompt"] for r in prompt_records(args.steps * args.batch, seed=0)))
@@ -112,8 +112,8 @@ def _step_stats(ends: list[float], rollout: list[float], update: list[float], le
 
 
 def _ours(args, work: Path) -> dict:
-    from rlhf.config import load_config
-    from rlhf.models import resolve_model_path
+    from rlhf.config.loader import load_config
+    from rlhf.models.loading import resolve_model_path
     from rlhf.stages import common, ppo
 
     # Step boundaries: the tracker's advance() closes every step (after metrics and checkpoint checks).
@@ -173,9 +173,9 @@ def _trl(args, work: Path) -> dict:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as ppo_module
 
-    from rlhf.models import load_tokenizer, resolve_model_path
-    from rlhf.rollout import render_prompt
-    from rlhf.sections import ModelConfig
+    from rlhf.models.loading import load_tokenizer, resolve_model_path
+    from rlhf.rollout.sampling import render_prompt
+    from rlhf.config.sections import ModelConfig
 
     path = resolve_model_path(args.model)
     # Our tokenizer set-up (pad distinct from EOS: TRL masks by `token != pad`), left-padded queries.

@@ -23,15 +23,15 @@ def _isolated_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from rlhf.models import load_tokenizer
-    from rlhf.sections import ModelConfig
+    from rlhf.models.loading import load_tokenizer
+    from rlhf.config.sections import ModelConfig
 
     return load_tokenizer(ModelConfig(name_or_path="builtin:tiny"))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_path():
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     return resolve_model_path("builtin:tiny")
 

@@ -75,8 +75,8 @@ def load_tiny_lm():
     """builtin:tiny as a float32 causal LM in eval mode."""
     import torch
 
-    from rlhf.models import load_causal_lm
-    from rlhf.sections import ModelConfig
+    from rlhf.models.loading import load_causal_lm
+    from rlhf.config.sections import ModelConfig
 
     return load_causal_lm(ModelConfig(name_or_path="builtin:tiny"), dtype=torch.float32).eval()
 
@@ -86,7 +86,7 @@ def point_eos_along_mean_hidden(model, tokenizer, prompts, scale: float = 1.0):
     so a randomly initialised model ends some responses early and lets others run on."""
     import torch
 
-    from rlhf.rollout import render_prompt
+    from rlhf.rollout.sampling import render_prompt
 
     enc = tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False,
                     padding=True, return_tensors="pt")
@@ -99,7 +99,7 @@ def point_eos_along_mean_hidden(model, tokenizer, prompts, scale: float = 1.0):
 
 def plain_response_logprobs(model, samples, temperature: float) -> list:
     """Per row of ``samples``: the log-probs of its valid response tokens from one unpadded
-    forward pass (an implementation independent of rlhf.rollout's batched one)."""
+    forward pass (an implementation independent of rlhf.rollout.sampling's batched one)."""
     import torch
 
     out = []

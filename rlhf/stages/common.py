@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from preference_data.sampling import batched, mixture_stream
-from rlhf.backend import Backend
-from rlhf.checkpoint import load_checkpoint, resolve_resume
-from rlhf.config import save_config, to_dict
-from rlhf.tracking import Tracker
+from rlhf.runtime.backend import Backend
+from rlhf.runtime.checkpoint import load_checkpoint, resolve_resume
+from rlhf.config.loader import save_config, to_dict
+from rlhf.runtime.tracking import Tracker
 
 
 def start(cfg) -> Backend:
     """The backend for a stage config, with the output folder and resolved config written."""
     from transformers.utils import logging as hf_logging
 
-    from rlhf.models import check_model_path
+    from rlhf.models.loading import check_model_path
 
     check_model_path(cfg.model.name_or_path)  # before anything is written
     hf_logging.disable_progress_bar()  # per-shard load/save bars would bury the training bar

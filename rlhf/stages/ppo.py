@@ -13,17 +13,17 @@ from pathlib import Path
 import torch
 
 from preference_data.validate_preferences import load_kind
-from rlhf.actor_critic import ActorCritic, forward_samples, load_critic, reference_logprobs
-from rlhf.advantages import explained_variance, gae, masked_moments, moments_to_stats, whiten
-from rlhf.checkpoint import read_checkpoint_state, save_checkpoint
-from rlhf.kl import kl_penalty, make_kl_controller
-from rlhf.losses import ppo_policy_loss, ppo_value_loss
-from rlhf.models import (apply_adaptation, check_model_path, count_parameters, disable_dropout, load_causal_lm,
+from rlhf.rollout.actor_critic import ActorCritic, forward_samples, load_critic, reference_logprobs
+from rlhf.math.advantages import explained_variance, gae, masked_moments, moments_to_stats, whiten
+from rlhf.runtime.checkpoint import read_checkpoint_state, save_checkpoint
+from rlhf.math.kl import kl_penalty, make_kl_controller
+from rlhf.math.losses import ppo_policy_loss, ppo_value_loss
+from rlhf.models.loading import (apply_adaptation, check_model_path, count_parameters, disable_dropout, load_causal_lm,
                          load_tokenizer, save_model)
-from rlhf.ops import entropy_from_logits, masked_sum, token_logprobs
-from rlhf.optim import build_optimizer
-from rlhf.rewards import Scorer
-from rlhf.rollout import SamplingConfig, concat_samples, render_prompt, sample
+from rlhf.math.ops import entropy_from_logits, masked_sum, token_logprobs
+from rlhf.runtime.optim import build_optimizer
+from rlhf.rollout.rewards import Scorer
+from rlhf.rollout.sampling import SamplingConfig, concat_samples, render_prompt, sample
 from rlhf.stages import common
 from rlhf.stages.ppo_config import PPOConfig
 

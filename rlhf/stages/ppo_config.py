@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from rlhf.config import param
-from rlhf.kl import AdaptiveKLController
-from rlhf.sections import AdaptConfig, StageConfig
+from rlhf.config.loader import param
+from rlhf.math.kl import AdaptiveKLController
+from rlhf.config.sections import AdaptConfig, StageConfig
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class PPOConfig(StageConfig):
             if value <= 0:
                 raise ValueError(f"{key} must be > 0 with kl.controller=adaptive, got {value}")
         # Each step moves the coefficient by a factor 1 + e * batch / horizon with |e| <= clip
-        # (rlhf.kl.AdaptiveKLController); at clip * batch / horizon >= 1 it could reach 0 or flip sign.
+        # (rlhf.math.kl.AdaptiveKLController); at clip * batch / horizon >= 1 it could reach 0 or flip sign.
         clip = AdaptiveKLController.PROPORTIONAL_ERROR_CLIP
         smallest = clip * self.rollout.batch_size
         if kl.horizon <= smallest:

@@ -21,13 +21,13 @@ from preference_data.validate_preferences import load_kind
 from reward_models import losses, metrics
 from reward_models.batching import Group, TooLong, collate_groups, grouped_rewards, make_group
 from reward_models.model import load_reward_model, save_reward_model
-from rlhf.checkpoint import save_checkpoint
-from rlhf.config import param
-from rlhf.models import count_parameters, load_tokenizer
-from rlhf.optim import build_optimizer
-from rlhf.sections import StageConfig
+from rlhf.runtime.checkpoint import save_checkpoint
+from rlhf.config.loader import param
+from rlhf.models.loading import count_parameters, load_tokenizer
+from rlhf.runtime.optim import build_optimizer
+from rlhf.config.sections import StageConfig
 from rlhf.stages import common
-from rlhf.tracking import plot_histogram
+from rlhf.runtime.tracking import plot_histogram
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ def _fit_normalization(cfg: RMConfig, model_dir: Path) -> dict:
     from preference_data.validate import load_sft
     from reward_models.normalization import fit_normalization, save_normalization
     from reward_models.scorer import RewardModel
-    from rlhf.backend import unpartitioned_loading
+    from rlhf.runtime.backend import unpartitioned_loading
 
     records, _ = load_sft([cfg.normalize.data], quarantine_path=None)
     records = records[: cfg.normalize.max_examples]

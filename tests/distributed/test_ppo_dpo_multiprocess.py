@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO, launch
-from rlhf.config import load_config
+from rlhf.config.loader import load_config
 from rlhf.stages.dpo import DPOConfig
 from rlhf.stages.dpo import run as run_dpo
 from rlhf.stages.ppo import PPOConfig

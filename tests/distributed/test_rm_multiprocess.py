@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO, launch
-from rlhf.config import load_config
+from rlhf.config.loader import load_config
 from rlhf.stages.rm import RMConfig, run
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]

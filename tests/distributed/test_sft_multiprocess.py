@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO, launch, sft_overrides
-from rlhf.config import load_config
+from rlhf.config.loader import load_config
 from rlhf.stages.sft import SFTConfig, run
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -63,7 +63,7 @@ def test_zero_two_processes_match_one(tmp_path, stage):
 def test_deepspeed_dropped_by_cpu_flag_is_refused(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
     env.update(ACCELERATE_USE_CPU="1", ACCELERATE_USE_DEEPSPEED="true", WORLD_SIZE="1")
-    code = "from rlhf.backend import Backend; Backend(seed=0)"
+    code = "from rlhf.runtime.backend import Backend; Backend(seed=0)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "DeepSpeed was requested" in result.stderr

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from preference_data.annotation_store import AnnotationStore
+from preference_data.annotation.store import AnnotationStore
 from preference_data.validate_preferences import load_kind
-from rlhf.cli import main
+from rlhf.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

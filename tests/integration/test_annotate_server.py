@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rlhf.annotate_server import MAX_BODY_BYTES, make_server
+from preference_data.annotation.server import MAX_BODY_BYTES, make_server
 
-from preference_data.annotation_store import AnnotationStore as Store
+from preference_data.annotation.store import AnnotationStore as Store
 K = 3
 
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf import builtin_models
-from rlhf.models import (
+from rlhf.models import builtin as builtin_models
+from rlhf.models.loading import (
     apply_adaptation,
     count_parameters,
     load_causal_lm,
@@ -19,7 +19,7 @@ from rlhf.models import (
     resolve_model_path,
     save_model,
 )
-from rlhf.sections import AdaptConfig, ModelConfig
+from rlhf.config.sections import AdaptConfig, ModelConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from helpers import REPO
-from rlhf.cli import STAGES, main
-from rlhf.config import ConfigError, load_config
+from rlhf.cli.main import STAGES, main
+from rlhf.config.loader import ConfigError, load_config
 
 STAGE_CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))
 
@@ -42,9 +42,9 @@ def test_every_config_file_loads(path: Path):
 
 def _plan_every_stage(path: Path, folder: str) -> None:
     """A pipeline preset, or every trial of a sweep, resolves into valid stage configs."""
-    from rlhf.pipeline import plan
-    from rlhf.pipeline_config import PipelineConfig
-    from rlhf.sweep import SweepConfig, _nest, trial_params
+    from rlhf.orchestration.pipeline import plan
+    from rlhf.orchestration.pipeline_config import PipelineConfig
+    from rlhf.orchestration.sweep import SweepConfig, _nest, trial_params
 
     if folder == "pipeline":
         trials = [(path, {})]
@@ -72,10 +72,10 @@ def test_unknown_key_names_the_key_and_suggests(capsys):
 
 
 def test_help_lists_every_command_and_a_pipeline_without_config_is_refused():
-    out = subprocess.run([sys.executable, "-m", "rlhf.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "rlhf.cli.main", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("sft", "rm", "ppo", "dpo", "pipeline", "sweep", "eval", "export", "chat", "data"):
         assert command in out
-    result = subprocess.run([sys.executable, "-m", "rlhf.cli", "pipeline"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "rlhf.cli.main", "pipeline"], capture_output=True, text=True)
     assert result.returncode == 2 and "--config" in result.stderr
 
 
@@ -93,6 +93,6 @@ def test_help_config_documents_keys(capsys):
 
 
 def test_import_rlhf_stays_light():
-    code = "import sys, rlhf, rlhf.cli, rlhf.losses; print(sorted(m for m in ('deepspeed', 'wandb', 'accelerate', 'transformers') if m in sys.modules))"
+    code = "import sys, rlhf, rlhf.cli.main, rlhf.math.losses; print(sorted(m for m in ('deepspeed', 'wandb', 'accelerate', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlhf.cli import main
+from rlhf.cli.main import main
 
 
 def write(path, rows):

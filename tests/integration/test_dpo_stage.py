@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf.config import load_config
+from rlhf.config.loader import load_config
 from rlhf.stages.dpo import DPOConfig, run
 
 FAST = ["tracking.mode=disabled", "tracking.progress=false", "eval_steps=0", "data.max_length=96",

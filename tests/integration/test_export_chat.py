@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO, sft_overrides
-from rlhf import chat_cli
-from rlhf.cli import main as rlhf_main
+from rlhf.cli import chat as chat_cli
+from rlhf.cli.main import main as rlhf_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -171,7 +171,7 @@ def test_reward_model_exports_with_its_normalisation_and_scores_the_same(tiny_mo
     from reward_models.model import load_reward_model, save_reward_model
     from reward_models.normalization import save_normalization
     from reward_models.scorer import RewardModel
-    from rlhf.sections import ModelConfig
+    from rlhf.config.sections import ModelConfig
 
     torch.manual_seed(0)
     model = load_reward_model(ModelConfig(name_or_path=tiny_model_path), pad_token_id=tiny_tokenizer.pad_token_id)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import PIPELINE_SHORT as SHORT
-from rlhf.cli import main
+from rlhf.cli.main import main
 
 
 @pytest.mark.slow
@@ -44,7 +44,7 @@ def test_tiny_pipeline_wires_the_stages_evaluates_and_skips_finished_ones(tmp_pa
 
 
 def _pipeline(out: Path, sft_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "rlhf.cli", "pipeline", "--config", "configs/pipeline/tiny.yaml",
+    return [sys.executable, "-m", "rlhf.cli.main", "pipeline", "--config", "configs/pipeline/tiny.yaml",
             f"output_dir={out}", "stages=[sft,ppo]", f"sft.output_dir={sft_dir}", "eval.enabled=false",
             *SHORT, "ppo.max_steps=8", "ppo.checkpoint.save_steps=2", "ppo.checkpoint.keep_last=0"]
 

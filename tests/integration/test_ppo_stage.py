@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf.config import load_config
+from rlhf.config.loader import load_config
 from rlhf.stages.ppo import PPOConfig, run
 
 FAST = ["tracking.mode=disabled", "tracking.progress=false", "model.name_or_path=builtin:tiny",

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from rlhf.config import load_config
+from rlhf.config.loader import load_config
 from rlhf.stages.rm import RMConfig, run
 
 FAST = ["tracking.mode=disabled", "tracking.progress=false", "eval_steps=0", "data.max_length=96",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import sft_overrides
-from rlhf.config import load_config
+from rlhf.config.loader import load_config
 from rlhf.stages.sft import SFTConfig, run
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def test_smollm2_lora_sft_writes_adapter_and_merged_model(tmp_path):
     assert summary["trainable_parameters"] < 0.1 * summary["total_parameters"]
     assert (out / "model" / "adapter_config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out / "model" / "merged").eval()
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model.name_or_path))
     adapted = PeftModel.from_pretrained(base, out / "model").eval()

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import sft_overrides
-from rlhf.config import load_config
+from rlhf.config.loader import load_config
 from rlhf.stages.sft import SFTConfig, run
 
 
@@ -55,7 +55,7 @@ def test_output_reloads_with_transformers_and_matches(tmp_path):
     generated = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > ids["input_ids"].shape[1]
     # The reloaded weights are the trained ones, not the initial ones.
-    from rlhf.models import resolve_model_path
+    from rlhf.models.loading import resolve_model_path
 
     initial = load_file(str(next(p for p in __import__("pathlib").Path(resolve_model_path("builtin:tiny")).glob("*.safetensors"))))
     trained = weights(out)

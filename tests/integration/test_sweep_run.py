@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from rlhf.cli import main
+from rlhf.cli.main import main
 
 
 def test_stage_sweep_writes_the_table_and_skips_finished_trials(tmp_path, capsys):

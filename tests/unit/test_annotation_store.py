@@ -1,12 +1,12 @@
-"""preference_data.annotation_store: import validation, tokens, task order, judgements, export."""
+"""preference_data.annotation.store: import validation, tokens, task order, judgements, export."""
 
 import json
 import threading
 
 import pytest
 
-from preference_data.annotation_store import AnnotationError, AnnotationStore
-from preference_data.annotators import merge_annotators
+from preference_data.annotation.store import AnnotationError, AnnotationStore
+from preference_data.annotation.agreement import merge_annotators
 from preference_data.validate_preferences import load_kind
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from preference_data.annotators import (
+from preference_data.annotation.agreement import (
     agreement,
     cohen_kappa,
     fleiss_kappa,

@@ -1,4 +1,4 @@
-"""rlhf.config: YAML + command-line overrides -> frozen dataclasses, with errors that name the key."""
+"""rlhf.config.loader: YAML + command-line overrides -> frozen dataclasses, with errors that name the key."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Literal, Optional
 
 import pytest
 
-from rlhf.config import (
+from rlhf.config.loader import (
     ConfigError, describe, from_dict, load_config, merge, param, parse_overrides, replace_path,
     save_config, to_dict,
 )
-from rlhf.sections import ModelConfig, OptimConfig
+from rlhf.config.sections import ModelConfig, OptimConfig
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ def test_post_init_errors_and_literal_of_ints():
 
 
 def test_yaml_no_is_a_string_and_true_is_a_bool():
-    from rlhf.config import parse_overrides
+    from rlhf.config.loader import parse_overrides
 
     assert parse_overrides(["precision.mixed_precision=no", "a=true", "b=off", "c=1e-4"]) == {
         "precision": {"mixed_precision": "no"}, "a": True, "b": "off", "c": 1e-4}

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import ConfigError, load_config
-from rlhf.sections import TrackingConfig
+from rlhf.config.loader import ConfigError, load_config
+from rlhf.config.sections import TrackingConfig
 from rlhf.stages.ppo_config import PPOConfig
-from rlhf.tracking import Tracker
+from rlhf.runtime.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[2]
 

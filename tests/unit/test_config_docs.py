@@ -1,4 +1,4 @@
-"""rlhf.config_docs: the committed docs/reference pages are exactly what the dataclasses render."""
+"""rlhf.config.reference: the committed docs/reference pages are exactly what the dataclasses render."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Literal, Optional, get_type_hints
 
 import pytest
 
-from rlhf.config import param
-from rlhf.config_docs import (
+from rlhf.config.loader import param
+from rlhf.config.reference import (
     DEFAULT_OUT, HEADER, PAGES, _load, main, reference_markdown, render_pages, stale_files, write_reference,
 )
 
@@ -43,7 +43,7 @@ class Tiny:
 TINY_EXPECTED = """\
 # Tiny keys
 
-Generated from the config dataclasses by `python -m rlhf.config_docs`; do not edit by hand.
+Generated from the config dataclasses by `python -m rlhf.config.reference`; do not edit by hand.
 
 A tiny config.
 
@@ -87,15 +87,15 @@ def test_committed_pages_match_the_dataclasses():
     assert DEFAULT_OUT == REFERENCE
     for filename, text in render_pages().items():
         path = REFERENCE / filename
-        assert path.is_file(), f"{path} is missing; run `python -m rlhf.config_docs`"
+        assert path.is_file(), f"{path} is missing; run `python -m rlhf.config.reference`"
         assert path.read_text(encoding="utf-8") == text, (
-            f"{path} is stale (a config field or its doc changed); run `python -m rlhf.config_docs`"
+            f"{path} is stale (a config field or its doc changed); run `python -m rlhf.config.reference`"
         )
     assert stale_files(REFERENCE) == []
 
 
 def test_registry_covers_every_stage():
-    from rlhf.cli import STAGES
+    from rlhf.cli.main import STAGES
 
     assert [name for name, _ in PAGES[: len(STAGES)]] == list(STAGES)
 
@@ -135,7 +135,7 @@ def test_check_names_stale_files_and_write_fixes_them(tmp_path, capsys):
     (tmp_path / "notes.md").write_text("hand-written, not generated\n", encoding="utf-8")
     assert main(["--check", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "python -m rlhf.config_docs" in err and "sft.md (differs)" in err and "gone.md" in err
+    assert "python -m rlhf.config.reference" in err and "sft.md (differs)" in err and "gone.md" in err
     assert "notes.md" not in err
     write_reference(tmp_path)
     assert not (tmp_path / "gone.md").exists() and (tmp_path / "notes.md").exists()

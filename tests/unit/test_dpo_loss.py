@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf.losses import DPO_LOSS_TYPES, dpo_loss
-from rlhf.ops import sequence_logps
+from rlhf.math.losses import DPO_LOSS_TYPES, dpo_loss
+from rlhf.math.ops import sequence_logps
 
 
 def approx(x):

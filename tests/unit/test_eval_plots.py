@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from rlhf.eval_plots import plot_frontier, plot_results
+from rlhf.eval.plots import plot_frontier, plot_results
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

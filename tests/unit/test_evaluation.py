@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from helpers import load_tiny_lm, plain_response_logprobs, point_eos_along_mean_hidden
-from rlhf.evaluation import sample_with_kl, win_rate
-from rlhf.rewards import Scorer, load_function
-from rlhf.rollout import SamplingConfig, sample
+from rlhf.eval.metrics import sample_with_kl, win_rate
+from rlhf.rollout.rewards import Scorer, load_function
+from rlhf.rollout.sampling import SamplingConfig, sample
 
 PROMPTS = [
     "Hi",
@@ -240,7 +240,7 @@ def assert_png(path):
 
 
 def test_eval_cli_writes_results_and_plots(eos_policy_folder, tmp_path, capsys):
-    from rlhf.cli import main
+    from rlhf.cli.main import main
 
     out = tmp_path / "eval"
     argv = ["eval", "--policy", "base=builtin:tiny", "--policy", f"eos={eos_policy_folder}",
@@ -264,7 +264,7 @@ def test_eval_cli_writes_results_and_plots(eos_policy_folder, tmp_path, capsys):
 
 
 def test_run_eval_with_keyword_arguments(tmp_path):
-    from rlhf.eval_cli import run_eval
+    from rlhf.cli.eval import run_eval
 
     out = tmp_path / "eval"
     results = run_eval({"tiny": "builtin:tiny"}, out=str(out), judge="helpers:constant_reward",
@@ -282,7 +282,7 @@ def test_run_eval_with_keyword_arguments(tmp_path):
 
 
 def test_eval_bad_device(tmp_path, capsys):
-    from rlhf.eval_cli import main, run_eval
+    from rlhf.cli.eval import main, run_eval
 
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         run_eval({"tiny": "builtin:tiny"}, out=str(tmp_path), judge="helpers:constant_reward", device="gpu")

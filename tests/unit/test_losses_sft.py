@@ -4,9 +4,9 @@ import math
 
 import torch
 
-from rlhf.losses import sft_loss
-from rlhf.ops import IGNORE_INDEX, masked_mean, token_logprobs
-from rlhf.optim import lr_factor
+from rlhf.math.losses import sft_loss
+from rlhf.math.ops import IGNORE_INDEX, masked_mean, token_logprobs
+from rlhf.runtime.optim import lr_factor
 
 
 def test_token_logprobs_hand_computed():

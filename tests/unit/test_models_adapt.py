@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from rlhf.models import (
+from rlhf.models.loading import (
     apply_adaptation, check_model_path, count_parameters, load_causal_lm, load_tokenizer, looks_like_local_path,
     quantization_config_for, resolve_model_path,
 )
-from rlhf.sections import AdaptConfig, ModelConfig
+from rlhf.config.sections import AdaptConfig, ModelConfig
 
 V, H, L, HEADS, KV, INTER = 50, 16, 3, 4, 2, 24
 HEAD_DIM = H // HEADS  # 4
@@ -200,7 +200,7 @@ def test_tokenizer_that_pads_with_eos_and_has_no_spare_token_warns(tmp_path, cap
     backend = Tokenizer(models.WordLevel({"hello": 0, "world": 1, "<eos>": 2}))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>").save_pretrained(tmp_path)
-    with caplog.at_level("WARNING", logger="rlhf.models"):
+    with caplog.at_level("WARNING", logger="rlhf.models.loading"):
         tokenizer = load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
     assert tokenizer.pad_token == tokenizer.eos_token == "<eos>"  # no other token to pad with
     assert "pads with its EOS token '<eos>'" in caplog.text and "masked by position" in caplog.text
@@ -210,7 +210,7 @@ def test_tokenizer_that_pads_with_eos_and_has_no_spare_token_warns(tmp_path, cap
 def test_saved_models_generate_with_the_kv_cache_even_after_checkpointed_training(tmp_path, strategy):
     from transformers import AutoConfig
 
-    from rlhf.models import save_model
+    from rlhf.models.loading import save_model
 
     model = apply_adaptation(tiny_llama(), AdaptConfig(strategy=strategy, lora_r=2))
     config = model.get_base_model().config if strategy == "lora" else model.config

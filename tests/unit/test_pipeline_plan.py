@@ -5,10 +5,10 @@ import json
 import pytest
 import yaml
 
-from rlhf.config import ConfigError, load_config, to_dict
-from rlhf.pipeline import PipelineError, config_changes, plan
-from rlhf.pipeline_cli import main
-from rlhf.pipeline_config import PipelineConfig
+from rlhf.config.loader import ConfigError, load_config, to_dict
+from rlhf.orchestration.pipeline import PipelineError, config_changes, plan
+from rlhf.cli.pipeline import main
+from rlhf.orchestration.pipeline_config import PipelineConfig
 
 TINY = "configs/pipeline/tiny.yaml"
 

@@ -5,16 +5,16 @@ import math
 import pytest
 import torch
 
-from rlhf.advantages import explained_variance, gae, masked_moments, moments_to_stats, whiten
-from rlhf.kl import (
+from rlhf.math.advantages import explained_variance, gae, masked_moments, moments_to_stats, whiten
+from rlhf.math.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
     FixedKLController,
     kl_penalty,
     make_kl_controller,
 )
-from rlhf.losses import ppo_policy_loss, ppo_value_loss
-from rlhf.ops import entropy_from_logits, masked_var
+from rlhf.math.losses import ppo_policy_loss, ppo_value_loss
+from rlhf.math.ops import entropy_from_logits, masked_var
 
 
 def approx(x):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import load_tiny_lm, plain_response_logprobs, point_eos_along_mean_hidden
-from rlhf.rollout import (
+from rlhf.rollout.sampling import (
     Samples,
     SamplingConfig,
     concat_samples,

