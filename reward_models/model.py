@@ -13,7 +13,6 @@ render a (prompt, response) pair with the very same code: :func:`render_for_rewa
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -27,6 +26,7 @@ from torch import nn
 
 from rlhf.models.loading import apply_adaptation, check_model_path, merged_copy, quantization_config_for, resolve_model_path
 from rlhf.config.sections import ModelConfig
+from rlhf.runtime.placement import full_parameters, local_device_map
 
 logger = logging.getLogger(__name__)
 
@@ -244,12 +244,7 @@ def _reinit_head(head: nn.Module, num_labels: int) -> None:
     linears = [m for m in head.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
     for linear in linears:
         params = [p for p in (linear.weight, linear.bias) if p is not None]
-        gathered = contextlib.nullcontext()
-        if hasattr(linear.weight, "ds_id"):
-            import deepspeed
-
-            gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
-        with gathered:
+        with full_parameters(params):
             weight = torch.randn(linear.weight.shape, generator=generator) / math.sqrt(linear.in_features + 1)
             linear.weight.copy_(weight.to(linear.weight.dtype))
             if linear.bias is not None:
@@ -289,7 +284,7 @@ def load_reward_model(
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.adapt.strategy == "qlora":
         kwargs["quantization_config"] = quantization_config_for(cfg.adapt)
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        kwargs["device_map"] = local_device_map()
     model, info = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(cfg.name_or_path), **kwargs)
     model.config.pad_token_id = pad_token_id
     head_name = _head_name(model)

@@ -76,25 +76,21 @@ def _trl_version() -> str:
 
 def _run_ours(stage: str, args, records: list[dict], *extra: str) -> list[dict]:
     """Runs our stage on ``records`` with the benchmark settings; its timed metrics rows."""
-    import importlib
-
-    from rlhf.cli.main import STAGES
     from rlhf.config.loader import load_config
+    from rlhf.stages.registry import config_class, run_function
 
-    module_name, class_name, _ = STAGES[stage]
-    module = importlib.import_module(module_name)
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "train.jsonl")
         with open(data, "w") as f:
             for record in records:
                 f.write(json.dumps(record) + "\n")
-        cfg = load_config(getattr(module, class_name), None, [
+        cfg = load_config(config_class(stage), None, [
             f"output_dir={tmp}/out", f"max_steps={args.steps}", f"model.name_or_path={args.model}",
             f"data.train=[{data}]", f"data.max_length={args.max_length}",
             f"batch.micro_batch_size={args.batch}", "optim.lr=1e-4", "optim.schedule=constant",
             "tracking.mode=disabled", "tracking.progress=false", "precision.mixed_precision=no", *extra,
         ])
-        module.run(cfg)
+        run_function(stage)(cfg)
         rows = [json.loads(line) for line in open(f"{tmp}/out/metrics.jsonl")]
     return [r for r in rows if "step_time_s" in r][WARMUP_STEPS:]
 

@@ -21,9 +21,9 @@ import sys
 import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from functools import cache
+from importlib import resources
 from typing import Any
-
-from preference_data.annotation.page import APP_CSS, APP_JS, PAGE_HTML
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -33,6 +33,14 @@ PAGE_CSP = (
     "frame-ancestors 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+# route -> (file in this package's static/ folder, content type): the page, served as it is stored
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+}
 
 JUDGEMENT_FIELDS = {"task_id", "ranks", "comment"}
 SKIP_FIELDS = {"task_id"}
@@ -48,6 +56,11 @@ ROUTES = {
     "/api/judgements": "POST",
     "/api/skip": "POST",
 }
+
+
+@cache
+def _static_bytes(name: str) -> bytes:
+    return resources.files(__package__).joinpath("static", name).read_bytes()
 
 
 class HTTPError(Exception):
@@ -221,12 +234,8 @@ class AnnotateHandler(BaseHTTPRequestHandler):
     # ---- static ---------------------------------------------------------------------------
 
     def _handle_static(self, path: str) -> None:
-        if path in ("/", "/index.html"):
-            self._send_bytes(200, PAGE_HTML.encode("utf-8"), "text/html; charset=utf-8", PAGE_CSP)
-        elif path == "/static/app.js":
-            self._send_bytes(200, APP_JS.encode("utf-8"), "text/javascript; charset=utf-8", PAGE_CSP)
-        elif path == "/static/app.css":
-            self._send_bytes(200, APP_CSS.encode("utf-8"), "text/css; charset=utf-8", PAGE_CSP)
+        name, content_type = STATIC_FILES[path]
+        self._send_bytes(200, _static_bytes(name), content_type, PAGE_CSP)
 
     # ---- responses ------------------------------------------------------------------------
 

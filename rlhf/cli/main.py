@@ -10,13 +10,8 @@ import argparse
 import importlib
 import sys
 
-# stage name -> (module, config class, one-line description)
-STAGES: dict[str, tuple[str, str, str]] = {
-    "sft": ("rlhf.stages.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or chat data"),
-    "rm": ("rlhf.stages.rm", "RMConfig", "train a reward model on pairwise, ranked or rated preferences"),
-    "ppo": ("rlhf.stages.ppo", "PPOConfig", "RLHF with PPO (clipped surrogate) against a reward model or function"),
-    "dpo": ("rlhf.stages.dpo", "DPOConfig", "direct preference optimisation (alternative to reward model + PPO)"),
-}
+from rlhf.stages.registry import STAGES, config_class, run_function
+
 DESCRIPTIONS = {
     "pipeline": "run SFT -> RM -> PPO and/or DPO in one command",
     "data": "validate, convert, split and inspect preference data",
@@ -46,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, entry in STAGES.items():
-        help_text = entry[2]
+        help_text = entry.description
         stage = sub.add_parser(name, help=help_text, description=help_text)
         stage.add_argument("--config", "-c", help="YAML config file (see configs/)")
         stage.add_argument("--help-config", action="store_true", help="list every config key with its doc")
@@ -65,23 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return 0
-    module_name, class_name, _ = STAGES[args.command]
     from rlhf.config.loader import ConfigError, describe, load_config
 
-    module = importlib.import_module(module_name)
-    config_class = getattr(module, class_name)
+    stage_config = config_class(args.command)
     if args.help_config:
-        print(describe(config_class))
+        print(describe(stage_config))
         return 0
     from rlhf.models.loading import check_model_path
 
     try:
-        cfg = load_config(config_class, args.config, args.overrides)
+        cfg = load_config(stage_config, args.config, args.overrides)
         check_model_path(cfg.model.name_or_path)
     except (ConfigError, OSError) as err:  # OSError: a model folder that does not exist
         print(f"rlhf {args.command}: {err}", file=sys.stderr)
         return 2
-    module.run(cfg)
+    run_function(args.command)(cfg)
     return 0
 
 

@@ -4,33 +4,28 @@ The pages are rendered from the same ``param(default, doc)`` declarations that `
 prints, so they cannot drift from the code; a test compares the committed pages with a fresh
 rendering.
 
-    python -m rlhf.config.reference            # rewrite docs/reference/
-    python -m rlhf.config.reference --check    # exit 1 and name the stale files if they differ
+    python -m rlhf.cli.reference            # rewrite docs/reference/
+    python -m rlhf.cli.reference --check    # exit 1 and name the stale files if they differ
+
+This module renders and compares pages; the list of pages (every stage's config, from the stage
+registry, plus the pipeline and sweep configs) and the command live in ``rlhf.cli.reference``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import inspect
 import re
-import sys
 from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from rlhf.cli.main import STAGES
 from rlhf.config.loader import _type_name
 
-HEADER = "Generated from the config dataclasses by `python -m rlhf.config.reference`; do not edit by hand."
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "reference"
-
-# (page name, "module:Class"): one docs/reference/<name>.md each. Append entries for new configs.
-PAGES: list[tuple[str, str]] = [(name, f"{module}:{cls}") for name, (module, cls, _) in STAGES.items()] + [
-    ("pipeline", "rlhf.orchestration.pipeline_config:PipelineConfig"),
-    ("sweep", "rlhf.orchestration.sweep:SweepConfig"),
-]
+HEADER = "Generated from the config dataclasses by `python -m rlhf.cli.reference`; do not edit by hand."
+# (page name, "module:Class"): one <name>.md each
+Pages = list[tuple[str, str]]
 
 
 def _docstring(cls: type) -> str:
@@ -106,25 +101,25 @@ def _load(target: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def render_pages(pages: list[tuple[str, str]] | None = None) -> dict[str, str]:
-    """File name -> page text for every registered config."""
+def render_pages(pages: Pages) -> dict[str, str]:
+    """File name -> page text for every config in ``pages``."""
     rendered = {}
-    for name, target in PAGES if pages is None else pages:
+    for name, target in pages:
         cls = _load(target)
         rendered[f"{name}.md"] = reference_markdown(cls, f"`{name}` configuration keys ({cls.__name__})")
     return rendered
 
 
-def write_reference(out_dir: str | Path = DEFAULT_OUT) -> list[Path]:
-    """Write ``<out_dir>/<name>.md`` for every entry of ``PAGES`` (and remove generated pages of
-    configs no longer registered); returns the paths written."""
+def write_reference(pages: Pages, out_dir: str | Path) -> list[Path]:
+    """Write ``<out_dir>/<name>.md`` for every entry of ``pages`` (and remove generated pages of
+    configs no longer listed); returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pages = render_pages()
-    for orphan in _orphans(out_dir, pages):
+    rendered = render_pages(pages)
+    for orphan in _orphans(out_dir, rendered):
         orphan.unlink()
     written = []
-    for filename, text in pages.items():
+    for filename, text in rendered.items():
         path = out_dir / filename
         path.write_text(text, encoding="utf-8")
         written.append(path)
@@ -139,11 +134,11 @@ def _orphans(out_dir: Path, pages: dict[str, str]) -> list[Path]:
             if p.name not in pages and HEADER in p.read_text(encoding="utf-8")]
 
 
-def stale_files(out_dir: str | Path = DEFAULT_OUT) -> list[str]:
+def stale_files(pages: Pages, out_dir: str | Path) -> list[str]:
     """Pages in ``out_dir`` that are missing, differ from a fresh rendering, or were generated for a
-    config that is no longer registered."""
+    config that is no longer listed."""
     out_dir = Path(out_dir)
-    expected = render_pages()
+    expected = render_pages(pages)
     stale = []
     for filename, text in expected.items():
         path = out_dir / filename
@@ -154,24 +149,3 @@ def stale_files(out_dir: str | Path = DEFAULT_OUT) -> list[str]:
     stale += [f"{p} (no registered config)" for p in _orphans(out_dir, expected)]
     return stale
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf.config.reference", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the pages differ from the dataclasses")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_files(args.out)
-        if stale:
-            print("stale config reference pages; run `python -m rlhf.config.reference`:", file=sys.stderr)
-            for line in stale:
-                print(f"  {line}", file=sys.stderr)
-            return 1
-        return 0
-    for path in write_reference(args.out):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -46,7 +46,7 @@ def _panels(count: int):
 
 
 def plot_results(results: dict, out_dir) -> list[Path]:
-    """Write the plots of one `rlhf eval` results dict (see `eval_cli.evaluate`) to ``out_dir``.
+    """Write the plots of one `rlhf eval` results dict (see `rlhf.eval.run.evaluate`) to ``out_dir``.
 
     - ``scores.png``: judge and / or reward-model score per policy, seed std as error bars;
     - ``win_rates.png``: win rate vs the baseline with its 95% interval, per-seed points and a

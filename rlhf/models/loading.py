@@ -19,6 +19,7 @@ from torch import nn
 
 from rlhf.models.builtin import ensure_builtin
 from rlhf.config.sections import AdaptConfig, ModelConfig
+from rlhf.runtime.placement import local_device_map
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def load_causal_lm(cfg: ModelConfig, *, dtype: Union[str, torch.dtype, None] = N
     if cfg.adapt.strategy == "qlora":
         kwargs["quantization_config"] = quantization_config_for(cfg.adapt)
         # bitsandbytes weights live on one GPU; each process of a launch takes its own.
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        kwargs["device_map"] = local_device_map()
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.name_or_path), **kwargs)
     if cfg.gradient_checkpointing:
         # transformers renamed gradient -> activation checkpointing (old names warn, gone in v6).

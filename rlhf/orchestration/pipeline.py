@@ -9,7 +9,6 @@ then executes the plan and evaluates the policies on the main process.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import time
@@ -20,15 +19,9 @@ import yaml
 
 from rlhf.runtime.backend import launched_as_main, shared_process_group, unpartitioned_loading
 from rlhf.config.loader import ConfigError, _build, load_config, merge, replace_path, to_dict
-from rlhf.orchestration.pipeline_config import SECTION_KEYS, STAGE_ORDER, PipelineConfig
+from rlhf.orchestration.pipeline_config import SECTION_KEYS, PipelineConfig
+from rlhf.stages.registry import STAGE_ORDER, config_class, run_function
 
-# (module, config class) of each stage; imported lazily, when a stage is planned
-STAGE_CLASSES = {
-    "sft": ("rlhf.stages.sft", "SFTConfig"),
-    "rm": ("rlhf.stages.rm", "RMConfig"),
-    "ppo": ("rlhf.stages.ppo", "PPOConfig"),
-    "dpo": ("rlhf.stages.dpo", "DPOConfig"),
-}
 # keys that may differ between the run on disk and the planned one without making it another run
 _VOLATILE = ("checkpoint.resume_from", "tracking.")
 
@@ -100,13 +93,8 @@ def _section(cfg: PipelineConfig, stage: str, source: str) -> tuple[dict, dict]:
         raise ConfigError(f"{source}: key 'sft.from_sft' makes no sense: the SFT stage is the start")
     if switches.get("config") is not None and not isinstance(switches["config"], str):
         raise ConfigError(f"{source}: key '{stage}.config' expects a path to a {stage} YAML file")
-    _build(_stage_class(stage), keys, stage, source, partial=True)
+    _build(config_class(stage), keys, stage, source, partial=True)
     return switches, keys
-
-
-def _stage_class(stage: str) -> type:
-    module, name = STAGE_CLASSES[stage]
-    return getattr(importlib.import_module(module), name)
 
 
 def _resolve(cfg: PipelineConfig, stage: str, source: str, upstream: dict[str, StagePlan]) -> Any:
@@ -138,7 +126,7 @@ def _resolve(cfg: PipelineConfig, stage: str, source: str, upstream: dict[str, S
         for key in ("functions", "weights"):
             if key in keys.get("reward", {}):
                 wiring["reward"][key] = keys["reward"][key]
-    stage_cfg = load_config(_stage_class(stage), switches.get("config"), [], extra=merge(keys, wiring))
+    stage_cfg = load_config(config_class(stage), switches.get("config"), [], extra=merge(keys, wiring))
     strategy = stage_cfg.model.adapt.strategy
     if stage == "sft" and strategy in ("lora", "qlora"):  # the next stages load merged weights
         stage_cfg = replace_path(stage_cfg, "model.adapt.merge", True)
@@ -218,7 +206,7 @@ def run(cfg: PipelineConfig, source: str = "pipeline") -> dict:
                 if main:
                     print(f"\n== {name} ({p.action}) -> {p.output_dir}", flush=True)
                 stage_started = time.time()
-                importlib.import_module(STAGE_CLASSES[name][0]).run(p.cfg)
+                run_function(name)(p.cfg)
                 entry["wall_time_s"] = round(time.time() - stage_started, 1)
             entry["summary"] = json.loads((p.output_dir / "summary.json").read_text()) if main else None
             record["stages"][name] = entry
@@ -237,7 +225,7 @@ def run(cfg: PipelineConfig, source: str = "pipeline") -> dict:
 
 def _evaluate(cfg: PipelineConfig, plans: dict[str, StagePlan]) -> dict | None:
     """`rlhf eval` of the trained policies against the SFT policy, skipped when already done."""
-    from rlhf.cli.eval import run_eval
+    from rlhf.eval.run import run_eval
 
     policies = {name: str(plans[name].output_dir) for name in ("sft", "ppo", "dpo") if name in plans}
     reward_model = handoff_dir(plans["rm"]) if cfg.eval.reward_model and "rm" in plans else None

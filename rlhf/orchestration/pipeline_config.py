@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from rlhf.config.loader import param
+from rlhf.eval.run import DEFAULT_PROMPTS
+from rlhf.stages.registry import STAGE_ORDER
 
-STAGE_ORDER = ("sft", "rm", "ppo", "dpo")
 # keys of a stage section that belong to the pipeline, not to the stage's config
 SECTION_KEYS = ("config", "from_sft", "from_rm")
-DEFAULT_EVAL_PROMPTS = "builtin:judged-prompts?n=200&seed=4242"
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class PipelineEvalConfig:
     """`rlhf eval` after the stages: every trained policy against the SFT policy."""
 
     enabled: bool = param(True, "Evaluate the policies once the stages are done (main process only).")
-    prompts: str = param(DEFAULT_EVAL_PROMPTS, "Held-out prompt file.")
+    prompts: str = param(DEFAULT_PROMPTS, "Held-out prompt file.")
     judge: Optional[str] = param(None, "Reward function 'module:function(prompt, response)' used as the judge.")
     reward_model: bool = param(True, "Also score responses with the pipeline's reward model (when there is one).")
     seeds: list[int] = param(default_factory=lambda: [0, 1, 2], doc="Sampling seeds; one full pass over the "

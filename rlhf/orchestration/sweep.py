@@ -9,7 +9,6 @@ marked, goes to ``results.md`` and ``sweep.json``; when the trials report a KL a
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import math
@@ -19,8 +18,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from rlhf.config.loader import ConfigError, load_config, merge, param, to_dict
+from rlhf.stages.registry import STAGE_ORDER, config_class, run_function
 
-COMMANDS = ("pipeline", "sft", "rm", "ppo", "dpo")
+COMMANDS = ("pipeline", *STAGE_ORDER)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,6 @@ def _label(params: dict[str, Any]) -> str:
 
 def _run_trial(cfg: SweepConfig, name: str, params: dict[str, Any]) -> Path:
     """Runs (or skips / resumes) one trial; returns its folder."""
-    from rlhf.cli.main import STAGES
     from rlhf.orchestration.pipeline import PipelineError, decide_stage, run as run_pipeline
     from rlhf.orchestration.pipeline_config import PipelineConfig
 
@@ -126,13 +125,11 @@ def _run_trial(cfg: SweepConfig, name: str, params: dict[str, Any]) -> Path:
         except (ConfigError, PipelineError) as err:
             raise ConfigError(f"sweep {where}: {err}") from None
         return folder
-    module_name, class_name, _ = STAGES[cfg.command]
-    module = importlib.import_module(module_name)
     extra = merge(extra, {"checkpoint": {"resume_from": "latest"},
                           "tracking": {"group": Path(cfg.output_dir).name, "run_name": name}})
-    stage_cfg = load_config(getattr(module, class_name), cfg.base, [], extra=extra)
+    stage_cfg = load_config(config_class(cfg.command), cfg.base, [], extra=extra)
     if decide_stage(cfg.command, stage_cfg, True).action != "done":
-        module.run(stage_cfg)
+        run_function(cfg.command)(stage_cfg)
     return folder
 
 

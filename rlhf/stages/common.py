@@ -13,6 +13,7 @@ from preference_data.sampling import batched, mixture_stream
 from rlhf.runtime.backend import Backend
 from rlhf.runtime.checkpoint import load_checkpoint, resolve_resume
 from rlhf.config.loader import save_config, to_dict
+from rlhf.models.loading import save_model
 from rlhf.runtime.tracking import Tracker
 
 
@@ -91,6 +92,16 @@ def write_folder_atomically(backend: Backend, folder: Path, write: Callable[[Pat
         os.replace(tmp, folder)
     backend.barrier()
     return folder
+
+
+
+def save_final_model(backend: Backend, model, tokenizer, folder: Path, *, merge: bool) -> Path:
+    """save_pretrained folder written to a temporary name and renamed when complete."""
+    state_dict = backend.full_state_dict(model)
+    unwrapped = backend.unwrap(model)
+    return write_folder_atomically(
+        backend, folder, lambda tmp: save_model(unwrapped, tokenizer, str(tmp), merge=merge, state_dict=state_dict)
+    )
 
 
 def shuffled_stream(items: Sequence, seed: int) -> Iterator:

@@ -29,7 +29,6 @@ from rlhf.math.ops import shift_labels, token_logprobs
 from rlhf.runtime.optim import build_optimizer
 from rlhf.config.sections import StageConfig
 from rlhf.stages import common
-from rlhf.stages.sft import save_final_model
 
 
 @dataclass(frozen=True)
@@ -294,7 +293,7 @@ def run(cfg: DPOConfig) -> dict:
     last_eval = evaluate(cfg, policy, evaluation, cache, reference_model, backend, pad_id)
     if last_eval:
         tracker.log(max_steps, last_eval)
-    model_dir = save_final_model(backend, policy, tokenizer, Path(cfg.output_dir) / "model", merge=cfg.model.adapt.merge)
+    model_dir = common.save_final_model(backend, policy, tokenizer, Path(cfg.output_dir) / "model", merge=cfg.model.adapt.merge)
     history = [r for r in tracker.history if "loss" in r]
     summary = {
         "stage": "dpo",

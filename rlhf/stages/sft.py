@@ -23,7 +23,7 @@ from rlhf.runtime.backend import Backend
 from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.config.loader import param
 from rlhf.math.losses import sft_loss
-from rlhf.models.loading import apply_adaptation, count_parameters, load_causal_lm, load_tokenizer, save_model
+from rlhf.models.loading import apply_adaptation, count_parameters, load_causal_lm, load_tokenizer
 from rlhf.runtime.optim import build_optimizer
 from rlhf.config.sections import StageConfig
 from rlhf.stages import common
@@ -210,7 +210,7 @@ def run(cfg: SFTConfig) -> dict:
     last_eval = evaluate(model, eval_rows, backend, cfg.batch.micro_batch_size, pad_id)
     if last_eval:
         tracker.log(max_steps, last_eval)
-    model_dir = save_final_model(backend, model, tokenizer, out / "model", merge=cfg.model.adapt.merge)
+    model_dir = common.save_final_model(backend, model, tokenizer, out / "model", merge=cfg.model.adapt.merge)
     final = [r for r in tracker.history if "loss" in r]
     summary = {
         "stage": "sft",
@@ -228,11 +228,3 @@ def run(cfg: SFTConfig) -> dict:
     backend.end()
     return summary
 
-
-def save_final_model(backend: Backend, model, tokenizer, folder: Path, *, merge: bool) -> Path:
-    """save_pretrained folder written to a temporary name and renamed when complete."""
-    state_dict = backend.full_state_dict(model)
-    unwrapped = backend.unwrap(model)
-    return common.write_folder_atomically(
-        backend, folder, lambda tmp: save_model(unwrapped, tokenizer, str(tmp), merge=merge, state_dict=state_dict)
-    )

@@ -8,17 +8,11 @@ import pytest
 import yaml
 
 from helpers import REPO
-from rlhf.cli.main import STAGES, main
+from rlhf.cli.main import main
 from rlhf.config.loader import ConfigError, load_config
+from rlhf.stages.registry import config_class
 
 STAGE_CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))
-
-
-def config_class(stage: str):
-    import importlib
-
-    module, name, _ = STAGES[stage]
-    return getattr(importlib.import_module(module), name)
 
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")

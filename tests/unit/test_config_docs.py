@@ -1,4 +1,4 @@
-"""rlhf.config.reference: the committed docs/reference pages are exactly what the dataclasses render."""
+"""rlhf.config.reference and rlhf.cli.reference: the committed docs/reference pages are exactly what the dataclasses render."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Literal, Optional, get_type_hints
 import pytest
 
 from rlhf.config.loader import param
-from rlhf.config.reference import (
-    DEFAULT_OUT, HEADER, PAGES, _load, main, reference_markdown, render_pages, stale_files, write_reference,
-)
+from rlhf.cli.reference import DEFAULT_OUT, PAGES, main
+from rlhf.config.reference import HEADER, _load, reference_markdown, render_pages, stale_files, write_reference
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference"
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
@@ -43,7 +42,7 @@ class Tiny:
 TINY_EXPECTED = """\
 # Tiny keys
 
-Generated from the config dataclasses by `python -m rlhf.config.reference`; do not edit by hand.
+Generated from the config dataclasses by `python -m rlhf.cli.reference`; do not edit by hand.
 
 A tiny config.
 
@@ -85,17 +84,17 @@ def _table_rows(text: str) -> list[list[str]]:
 
 def test_committed_pages_match_the_dataclasses():
     assert DEFAULT_OUT == REFERENCE
-    for filename, text in render_pages().items():
+    for filename, text in render_pages(PAGES).items():
         path = REFERENCE / filename
-        assert path.is_file(), f"{path} is missing; run `python -m rlhf.config.reference`"
+        assert path.is_file(), f"{path} is missing; run `python -m rlhf.cli.reference`"
         assert path.read_text(encoding="utf-8") == text, (
-            f"{path} is stale (a config field or its doc changed); run `python -m rlhf.config.reference`"
+            f"{path} is stale (a config field or its doc changed); run `python -m rlhf.cli.reference`"
         )
-    assert stale_files(REFERENCE) == []
+    assert stale_files(PAGES, REFERENCE) == []
 
 
 def test_registry_covers_every_stage():
-    from rlhf.cli.main import STAGES
+    from rlhf.stages.registry import STAGES
 
     assert [name for name, _ in PAGES[: len(STAGES)]] == list(STAGES)
 
@@ -127,7 +126,7 @@ def test_tiny_dataclass_renders_exactly():
 def test_check_names_stale_files_and_write_fixes_them(tmp_path, capsys):
     assert main(["--check", "--out", str(tmp_path)]) == 1
     assert "sft.md (missing)" in capsys.readouterr().err
-    written = write_reference(tmp_path)
+    written = write_reference(PAGES, tmp_path)
     assert sorted(p.name for p in written) == sorted(f"{name}.md" for name, _ in PAGES)
     assert main(["--check", "--out", str(tmp_path)]) == 0
     (tmp_path / "sft.md").write_text("# edited by hand\n", encoding="utf-8")
@@ -135,8 +134,8 @@ def test_check_names_stale_files_and_write_fixes_them(tmp_path, capsys):
     (tmp_path / "notes.md").write_text("hand-written, not generated\n", encoding="utf-8")
     assert main(["--check", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "python -m rlhf.config.reference" in err and "sft.md (differs)" in err and "gone.md" in err
+    assert "python -m rlhf.cli.reference" in err and "sft.md (differs)" in err and "gone.md" in err
     assert "notes.md" not in err
-    write_reference(tmp_path)
+    write_reference(PAGES, tmp_path)
     assert not (tmp_path / "gone.md").exists() and (tmp_path / "notes.md").exists()
     assert main(["--check", "--out", str(tmp_path)]) == 0

@@ -264,7 +264,7 @@ def test_eval_cli_writes_results_and_plots(eos_policy_folder, tmp_path, capsys):
 
 
 def test_run_eval_with_keyword_arguments(tmp_path):
-    from rlhf.cli.eval import run_eval
+    from rlhf.eval.run import run_eval
 
     out = tmp_path / "eval"
     results = run_eval({"tiny": "builtin:tiny"}, out=str(out), judge="helpers:constant_reward",
@@ -282,7 +282,8 @@ def test_run_eval_with_keyword_arguments(tmp_path):
 
 
 def test_eval_bad_device(tmp_path, capsys):
-    from rlhf.cli.eval import main, run_eval
+    from rlhf.cli.eval import main
+    from rlhf.eval.run import run_eval
 
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         run_eval({"tiny": "builtin:tiny"}, out=str(tmp_path), judge="helpers:constant_reward", device="gpu")

@@ -1,67 +1,3 @@
-"""The annotation page served by `rlhf annotate serve`: HTML, CSS and JavaScript (no inline
-script or style, so the page runs under a same-origin-only Content-Security-Policy)."""
-
-PAGE_HTML = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Annotation workbench</title>
-<link rel="stylesheet" href="/static/app.css">
-<script src="/static/app.js" defer></script>
-</head>
-<body>
-<header>
-  <h1>Annotation workbench</h1>
-  <span id="progress" aria-live="polite"></span>
-  <button id="signout" type="button" hidden>Sign out</button>
-</header>
-<section id="signin">
-  <label for="token">Token</label>
-  <input id="token" type="password" autocomplete="off">
-  <button id="signin-btn" type="button">Sign in</button>
-</section>
-<main id="work" hidden>
-  <div id="prompt-box"><h2>Prompt</h2><pre id="prompt"></pre></div>
-  <p class="help">Best on the left. Drag cards, or press 1..K to pick the best remaining,
-  arrow keys to move the focused card, <kbd>t</kbd> to tie it with the one before it,
-  <kbd>Enter</kbd> to submit.</p>
-  <div id="cards" role="list"></div>
-  <div id="controls">
-    <button id="tie" type="button">Tie with previous</button>
-    <button id="skip" type="button">Skip</button>
-    <button id="submit" type="button">Submit</button>
-  </div>
-  <textarea id="comment" rows="2" placeholder="Comment (optional)" maxlength="4000"></textarea>
-</main>
-<p id="done" hidden>All done: no tasks left for you. Thank you!</p>
-<p id="status" role="status" aria-live="polite"></p>
-</body>
-</html>
-"""
-
-APP_CSS = """
-body { font-family: system-ui, sans-serif; margin: 1rem 2rem; color: #222; }
-header { display: flex; gap: 1rem; align-items: baseline; }
-#progress { color: #555; }
-#prompt { white-space: pre-wrap; background: #f4f4f4; padding: .75rem; border-radius: 6px; }
-#cards { display: flex; gap: .75rem; align-items: stretch; overflow-x: auto; }
-.card { flex: 1 1 0; min-width: 14rem; border: 2px solid #bbb; border-radius: 8px;
-        padding: .5rem .75rem; background: #fff; cursor: grab; }
-.card:focus { outline: 3px solid #2a6fdb; }
-.card.picked { border-color: #2a6fdb; }
-.card.tied { border-left: 6px double #d08a00; }
-.card.dragging { opacity: .4; }
-.card .rank { font-weight: bold; }
-.card pre { white-space: pre-wrap; font-family: inherit; }
-#controls { margin: .75rem 0; display: flex; gap: .5rem; }
-#comment { width: 100%; }
-#status.error { color: #b00020; }
-#status.ok { color: #137333; }
-.help { color: #555; font-size: .9rem; }
-"""
-
-APP_JS = r"""
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
@@ -312,4 +248,3 @@ APP_JS = r"""
     if (token) loadNext();
   });
 })();
-"""
