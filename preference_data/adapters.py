@@ -9,7 +9,7 @@ valid (empty turns, identical responses, non-finite scores ...).
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from preference_data.readers import type_name
 from preference_data.records import ASSISTANT, SYSTEM, USER, message

@@ -7,8 +7,8 @@ tokenizer's offsets: this works for any prefix-consistent template without knowi
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 import torch
 

@@ -15,8 +15,8 @@ import inspect
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qsl
 
 BUILTIN_PREFIX = "builtin:"

@@ -7,7 +7,7 @@ skips to its position instead of storing it, and every process sees the same glo
 from __future__ import annotations
 
 import random
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 
 def mixture_stream(

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import random
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from preference_data.records import prompt_key
 from preference_data.transforms import TransformReport, where
@@ -74,7 +74,7 @@ def split_by_prompt(records: Sequence, eval_fraction: float, seed: int) -> tuple
     for record in records:
         key = prompt_key(record.prompt)
         if key not in decided:
-            digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).digest()
+            digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
             decided[key] = int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction
         (evaluation if decided[key] else train).append(record)
     return train, evaluation

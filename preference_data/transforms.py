@@ -20,8 +20,8 @@ import dataclasses
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 from preference_data.records import PairwiseRecord, RankedRecord, RatedRecord, prompt_key
 
@@ -307,7 +307,7 @@ def _rank_component(key: str, pairs: list[PairwiseRecord], report: TransformRepo
         above[pair.rejected].add(pair.chosen)
 
     # Kahn's algorithm in first-appearance order; the longest chain above a response is its rank.
-    rank = {r: 0 for r in responses}
+    rank = dict.fromkeys(responses, 0)
     waiting = {r: len(above[r]) for r in responses}
     ready = [r for r in responses if waiting[r] == 0]
     done: list[str] = []

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Callable, Iterable
 
 from preference_data.readers import iter_rows, type_name
 from preference_data.records import ASSISTANT, ROLES, SYSTEM, USER, SFTRecord, message
@@ -210,7 +210,7 @@ class Quarantine:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "Quarantine":
+    def __enter__(self) -> Quarantine:
         return self
 
     def __exit__(self, *exc_info) -> None:

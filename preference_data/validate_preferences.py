@@ -11,15 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import fields
-from typing import Callable, Iterable
 
 from preference_data.adapters import ADAPTERS
 from preference_data.readers import type_name
 from preference_data.records import (
-    ASSISTANT, SYSTEM, USER, PairwiseRecord, PromptRecord, RankedRecord, RatedRecord, SFTRecord)
-from preference_data.validate import (
-    Rejected, ValidationReport, _messages, _text, check_sft, load_records, where)
+    ASSISTANT,
+    SYSTEM,
+    USER,
+    PairwiseRecord,
+    PromptRecord,
+    RankedRecord,
+    RatedRecord,
+    SFTRecord,
+)
+from preference_data.validate import Rejected, ValidationReport, _messages, _text, check_sft, load_records, where
 
 
 def _require(data: object, *names: str) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from preference_data.records import SFTRecord
 

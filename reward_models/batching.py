@@ -8,8 +8,8 @@ C(K, 2) pairs (InstructGPT).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

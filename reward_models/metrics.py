@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 

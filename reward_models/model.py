@@ -18,14 +18,21 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
-from rlhf.models.loading import apply_adaptation, check_model_path, merged_copy, quantization_config_for, resolve_model_path
 from rlhf.config.sections import ModelConfig
+from rlhf.models.loading import (
+    apply_adaptation,
+    check_model_path,
+    merged_copy,
+    quantization_config_for,
+    resolve_model_path,
+)
 from rlhf.runtime.placement import full_parameters, local_device_map
 
 logger = logging.getLogger(__name__)

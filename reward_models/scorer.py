@@ -8,8 +8,9 @@ Texts are rendered and tokenised exactly as in training (:func:`reward_models.mo
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 
@@ -86,7 +87,7 @@ class RewardModel:
         batch_size: int = 16,
         max_length: Optional[int] = None,
         trust_remote_code: bool = False,
-    ) -> "RewardModel":
+    ) -> RewardModel:
         """Load a folder written by :func:`reward_models.model.save_reward_model` (or any seq-cls folder).
 
         ``device``: default CUDA when available. ``dtype``: default float32. ``max_length``:

@@ -120,7 +120,8 @@ def _step_timer(times: list[float]):
 def _trl(args) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig as TRLConfig, SFTTrainer
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
 
     from rlhf.models.loading import resolve_model_path
 
@@ -265,7 +266,7 @@ def _spawn(args, framework: str) -> dict:
            "--batch", str(args.batch), "--max-length", str(args.max_length), "--examples", str(args.examples),
            "--reference", args.reference] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{framework} run failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
     return json.loads(lines[-1][len("RESULT "):])
@@ -343,7 +344,7 @@ def bench_all(args, argv: list[str]) -> int:
             with open(args.write, encoding="utf-8", newline="") as handle:
                 bench_report.replace_block(handle.read(), bench_report.render_block("", "", "", args.quick))
         except (OSError, ValueError) as error:
-            raise SystemExit(f"--write {args.write}: {error}")
+            raise SystemExit(f"--write {args.write}: {error}") from None
     # PPO gets bench_ppo.py's own defaults, overridden only where asked.
     ppo_argv = ["--model", args.model, "--repeats", str(stage.repeats)]
     ppo_steps = QUICK["ppo_steps"] if args.quick and args.ppo_steps is None else args.ppo_steps

@@ -173,9 +173,9 @@ def _trl(args, work: Path) -> dict:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as ppo_module
 
+    from rlhf.config.sections import ModelConfig
     from rlhf.models.loading import load_tokenizer, resolve_model_path
     from rlhf.rollout.sampling import render_prompt
-    from rlhf.config.sections import ModelConfig
 
     path = resolve_model_path(args.model)
     # Our tokenizer set-up (pad distinct from EOS: TRL masks by `token != pad`), left-padded queries.
@@ -271,7 +271,7 @@ def _spawn(args, framework: str, work: Path) -> dict:
     if framework == "trl":
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TRL_DIR), os.environ.get("PYTHONPATH")) if p)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{framework} run failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
     return json.loads(lines[-1][len("RESULT "):])
@@ -299,7 +299,7 @@ def bench(args) -> dict:
 
     table = {}
     for framework, results in runs.items():
-        def med(key: str) -> float:
+        def med(key: str, results=results) -> float:
             return statistics.median(r[key] for r in results)
 
         gpu = [r["peak_gpu_bytes"] for r in results if r.get("peak_gpu_bytes") is not None]

@@ -23,8 +23,8 @@ def _isolated_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from rlhf.models.loading import load_tokenizer
     from rlhf.config.sections import ModelConfig
+    from rlhf.models.loading import load_tokenizer
 
     return load_tokenizer(ModelConfig(name_or_path="builtin:tiny"))
 

@@ -75,8 +75,8 @@ def load_tiny_lm():
     """builtin:tiny as a float32 causal LM in eval mode."""
     import torch
 
-    from rlhf.models.loading import load_causal_lm
     from rlhf.config.sections import ModelConfig
+    from rlhf.models.loading import load_causal_lm
 
     return load_causal_lm(ModelConfig(name_or_path="builtin:tiny"), dtype=torch.float32).eval()
 

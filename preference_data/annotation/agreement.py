@@ -16,8 +16,8 @@ import hashlib
 import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Hashable, Iterable, Sequence
 
 from preference_data.records import PairwiseRecord, RankedRecord, prompt_key
 

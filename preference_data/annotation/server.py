@@ -20,8 +20,8 @@ import socket
 import sys
 import threading
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
@@ -90,7 +90,7 @@ class AnnotateHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "rlhf-annotate"
     sys_version = ""
-    server: "AnnotateServer"
+    server: AnnotateServer
 
     # ---- dispatch -------------------------------------------------------------------------
 

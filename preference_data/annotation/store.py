@@ -23,10 +23,10 @@ import sqlite3
 import threading
 from datetime import datetime, timezone
 
+from preference_data.readers import type_name
 from preference_data.records import RankedRecord
 from preference_data.validate import Rejected
 from preference_data.validate_preferences import _prompt, _responses
-from preference_data.readers import type_name
 
 SCHEMA_VERSION = 1
 MAX_COMMENT = 2000

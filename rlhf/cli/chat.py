@@ -47,8 +47,8 @@ def _check(parser: argparse.ArgumentParser, args) -> None:
 
 def load_chat_model(path: str, device: torch.device):
     """(model, tokenizer) of ``path`` on ``device``: float32 on CPU, the stored dtype on CUDA."""
-    from rlhf.models.loading import load_tokenizer
     from rlhf.config.sections import ModelConfig
+    from rlhf.models.loading import load_tokenizer
 
     source = find_model(path)
     if source.kind == "reward_model":

@@ -20,8 +20,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rlhf.models.folders import (DTYPES, ModelFolderError, ModelSource, find_model, first_line, load_model,
-                            load_tokenizer, stored_dtype)
+from rlhf.models.folders import (
+    DTYPES,
+    ModelFolderError,
+    ModelSource,
+    find_model,
+    first_line,
+    load_model,
+    load_tokenizer,
+    stored_dtype,
+)
 
 DESCRIPTION = "Write a run's model as one self-contained save_pretrained folder (LoRA folded in)."
 EXPORT_FILE = "export.json"

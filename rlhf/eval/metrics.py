@@ -8,7 +8,7 @@ own samples, response length and EOS rate.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

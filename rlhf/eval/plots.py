@@ -156,7 +156,7 @@ def plot_frontier(points: list[dict], path, *, x: str = "kl", y: str = "judge", 
         members.sort(key=lambda member: member[0])
         xs, ys, rows = [m[0] for m in members], [m[1] for m in members], [m[2] for m in members]
 
-        def err(key):
+        def err(key, rows=rows):
             return [float(r.get(key, 0.0)) for r in rows] if any(key in r for r in rows) else None
 
         if name == "baseline":

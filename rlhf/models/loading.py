@@ -17,8 +17,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from rlhf.models.builtin import ensure_builtin
 from rlhf.config.sections import AdaptConfig, ModelConfig
+from rlhf.models.builtin import ensure_builtin
 from rlhf.runtime.placement import local_device_map
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from rlhf.runtime.backend import launched_as_main, shared_process_group, unpartitioned_loading
 from rlhf.config.loader import ConfigError, _build, load_config, merge, replace_path, to_dict
 from rlhf.orchestration.pipeline_config import SECTION_KEYS, PipelineConfig
+from rlhf.runtime.backend import launched_as_main, shared_process_group, unpartitioned_loading
 from rlhf.stages.registry import STAGE_ORDER, config_class, run_function
 
 # keys that may differ between the run on disk and the planned one without making it another run
@@ -42,7 +42,7 @@ class StagePlan:
         return Path(self.cfg.output_dir)
 
 
-def handoff_dir(stage_plan: "StagePlan") -> str:
+def handoff_dir(stage_plan: StagePlan) -> str:
     """The loadable model a stage hands on, known before it runs: ``model/merged`` for a LoRA
     policy (the pipeline has SFT merge; PPO / DPO merge when their config says so), else ``model``
     (a reward model folder is always loadable as it is)."""

@@ -112,7 +112,8 @@ def _label(params: dict[str, Any]) -> str:
 
 def _run_trial(cfg: SweepConfig, name: str, params: dict[str, Any]) -> Path:
     """Runs (or skips / resumes) one trial; returns its folder."""
-    from rlhf.orchestration.pipeline import PipelineError, decide_stage, run as run_pipeline
+    from rlhf.orchestration.pipeline import PipelineError, decide_stage
+    from rlhf.orchestration.pipeline import run as run_pipeline
     from rlhf.orchestration.pipeline_config import PipelineConfig
 
     folder = Path(cfg.output_dir) / name

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 

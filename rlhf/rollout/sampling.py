@@ -8,8 +8,8 @@ re-tokenising can change them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -58,7 +58,7 @@ class Samples:
     def response_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_length :]
 
-    def subset(self, index: torch.Tensor | list[int]) -> "Samples":
+    def subset(self, index: torch.Tensor | list[int]) -> Samples:
         index = torch.as_tensor(index, dtype=torch.long)
         return Samples(self.input_ids[index], self.attention_mask[index], self.response_mask[index],
                        self.ended[index], [self.texts[i] for i in index.tolist()])

@@ -6,14 +6,14 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from preference_data.sampling import batched, mixture_stream
-from rlhf.runtime.backend import Backend
-from rlhf.runtime.checkpoint import load_checkpoint, resolve_resume
 from rlhf.config.loader import save_config, to_dict
 from rlhf.models.loading import save_model
+from rlhf.runtime.backend import Backend
+from rlhf.runtime.checkpoint import load_checkpoint, resolve_resume
 from rlhf.runtime.tracking import Tracker
 
 

@@ -17,17 +17,17 @@ from typing import Literal, Optional
 import torch
 
 from preference_data import transforms
-from preference_data.splits import split_by_prompt
 from preference_data.collate import TooLong, collate_rows, single_row, tokenize_sft
 from preference_data.records import SFTRecord
+from preference_data.splits import split_by_prompt
 from preference_data.validate_preferences import load_kind
-from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.config.loader import param
-from rlhf.math.losses import dpo_loss
-from rlhf.models.loading import apply_adaptation, count_parameters, disable_dropout, load_causal_lm, load_tokenizer
-from rlhf.math.ops import shift_labels, token_logprobs
-from rlhf.runtime.optim import build_optimizer
 from rlhf.config.sections import StageConfig
+from rlhf.math.losses import dpo_loss
+from rlhf.math.ops import shift_labels, token_logprobs
+from rlhf.models.loading import apply_adaptation, count_parameters, disable_dropout, load_causal_lm, load_tokenizer
+from rlhf.runtime.checkpoint import save_checkpoint
+from rlhf.runtime.optim import build_optimizer
 from rlhf.stages import common
 
 

@@ -13,17 +13,24 @@ from pathlib import Path
 import torch
 
 from preference_data.validate_preferences import load_kind
-from rlhf.rollout.actor_critic import ActorCritic, forward_samples, load_critic, reference_logprobs
 from rlhf.math.advantages import explained_variance, gae, masked_moments, moments_to_stats, whiten
-from rlhf.runtime.checkpoint import read_checkpoint_state, save_checkpoint
 from rlhf.math.kl import kl_penalty, make_kl_controller
 from rlhf.math.losses import ppo_policy_loss, ppo_value_loss
-from rlhf.models.loading import (apply_adaptation, check_model_path, count_parameters, disable_dropout, load_causal_lm,
-                         load_tokenizer, save_model)
 from rlhf.math.ops import entropy_from_logits, masked_sum, token_logprobs
-from rlhf.runtime.optim import build_optimizer
+from rlhf.models.loading import (
+    apply_adaptation,
+    check_model_path,
+    count_parameters,
+    disable_dropout,
+    load_causal_lm,
+    load_tokenizer,
+    save_model,
+)
+from rlhf.rollout.actor_critic import ActorCritic, forward_samples, load_critic, reference_logprobs
 from rlhf.rollout.rewards import Scorer
 from rlhf.rollout.sampling import SamplingConfig, concat_samples, render_prompt, sample
+from rlhf.runtime.checkpoint import read_checkpoint_state, save_checkpoint
+from rlhf.runtime.optim import build_optimizer
 from rlhf.stages import common
 from rlhf.stages.ppo_config import PPOConfig
 
@@ -168,7 +175,7 @@ def run(cfg: PPOConfig) -> dict:
         order_rng = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + rank)
         sums = torch.zeros(8, dtype=torch.float64)  # pg, vf, entropy, clipped, vf_clipped, approx_kl, tokens, steps
         epochs_run = 0
-        for epoch in range(cfg.ppo.epochs):
+        for _epoch in range(cfg.ppo.epochs):
             epoch_kl = torch.zeros(2, dtype=torch.float64)
             order = torch.randperm(per_process, generator=order_rng).tolist()
             local_mini = micro * cfg.batch.grad_accum

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from rlhf.config.loader import param
-from rlhf.math.kl import AdaptiveKLController
 from rlhf.config.sections import AdaptConfig, StageConfig
+from rlhf.math.kl import AdaptiveKLController
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ so that listing the stages, as ``rlhf --help`` does, pulls in no model code.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ from preference_data.validate_preferences import load_kind
 from reward_models import losses, metrics
 from reward_models.batching import Group, TooLong, collate_groups, grouped_rewards, make_group
 from reward_models.model import load_reward_model, save_reward_model
-from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.config.loader import param
-from rlhf.models.loading import count_parameters, load_tokenizer
-from rlhf.runtime.optim import build_optimizer
 from rlhf.config.sections import StageConfig
-from rlhf.stages import common
+from rlhf.models.loading import count_parameters, load_tokenizer
+from rlhf.runtime.checkpoint import save_checkpoint
+from rlhf.runtime.optim import build_optimizer
 from rlhf.runtime.tracking import plot_histogram
+from rlhf.stages import common
 
 
 @dataclass(frozen=True)

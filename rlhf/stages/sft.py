@@ -19,13 +19,13 @@ from preference_data.collate import TooLong, collate_rows, pack, single_row, tok
 from preference_data.sampling import mixture_stream
 from preference_data.splits import split_by_prompt
 from preference_data.validate import load_sft
-from rlhf.runtime.backend import Backend
-from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.config.loader import param
+from rlhf.config.sections import StageConfig
 from rlhf.math.losses import sft_loss
 from rlhf.models.loading import apply_adaptation, count_parameters, load_causal_lm, load_tokenizer
+from rlhf.runtime.backend import Backend
+from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.runtime.optim import build_optimizer
-from rlhf.config.sections import StageConfig
 from rlhf.stages import common
 
 

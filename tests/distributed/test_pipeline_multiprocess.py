@@ -4,7 +4,6 @@ engine in one process group (set up once per launch), and the main process evalu
 import json
 
 import pytest
-
 from helpers import PIPELINE_SHORT, launch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]

@@ -11,9 +11,9 @@ import json
 
 import pytest
 import torch
+from helpers import REPO, launch
 from safetensors.torch import load_file
 
-from helpers import REPO, launch
 from rlhf.config.loader import load_config
 from rlhf.stages.dpo import DPOConfig
 from rlhf.stages.dpo import run as run_dpo
@@ -51,8 +51,8 @@ def test_ppo_two_processes_match_one(tmp_path, engine):
     summary = launch_stage(tmp_path, engine, engine, 29551 if engine == "ddp" else 29552, "ppo", "configs/ppo/tiny.yaml",
                      [*PPO_ARGS, "batch.micro_batch_size=4", "batch.grad_accum=2"])
     assert summary["world_size"] == 2 and summary["zero_stage"] == (3 if engine == "zero3" else None)
-    single = [json.loads(l) for l in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
-    multi = [json.loads(l) for l in (tmp_path / engine / "metrics.jsonl").read_text().splitlines()]
+    single = [json.loads(ln) for ln in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    multi = [json.loads(ln) for ln in (tmp_path / engine / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(single, multi):
         for key in ("score", "response_length", "eos_rate", "kl", "kl_coef"):
             assert a[key] == pytest.approx(b[key], abs=1e-4), key

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from helpers import REPO, launch
 from safetensors.torch import load_file
 
-from helpers import REPO, launch
 from rlhf.config.loader import load_config
 from rlhf.stages.rm import RMConfig, run
 

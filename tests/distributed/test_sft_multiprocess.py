@@ -11,9 +11,9 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO, launch, sft_overrides
 from safetensors.torch import load_file
 
-from helpers import REPO, launch, sft_overrides
 from rlhf.config.loader import load_config
 from rlhf.stages.sft import SFTConfig, run
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from preference_data.annotation.store import AnnotationStore
 from preference_data.annotation.server import make_server
+from preference_data.annotation.store import AnnotationStore
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from preference_data.annotation.server import MAX_BODY_BYTES, make_server
-
 from preference_data.annotation.store import AnnotationStore as Store
+
 K = 3
 
 

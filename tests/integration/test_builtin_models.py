@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlhf.config.sections import AdaptConfig, ModelConfig
 from rlhf.models import builtin as builtin_models
 from rlhf.models.loading import (
     apply_adaptation,
@@ -19,7 +20,6 @@ from rlhf.models.loading import (
     resolve_model_path,
     save_model,
 )
-from rlhf.config.sections import AdaptConfig, ModelConfig
 
 
 @pytest.fixture(scope="module")

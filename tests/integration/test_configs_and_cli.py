@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import REPO
+
 from rlhf.cli.main import main
 from rlhf.config.loader import ConfigError, load_config
 from rlhf.stages.registry import config_class

@@ -58,7 +58,7 @@ def test_convert_ranked_to_pairwise_and_back_through_validation(tmp_path):
     ranked = write(tmp_path / "ranked.jsonl", [{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranks": [0, 1, 1, 2]}])
     pairs = tmp_path / "pairs.jsonl"
     assert main(["data", "convert", ranked, str(pairs), "--to", "pairwise"]) == 0
-    rows = [json.loads(l) for l in pairs.read_text().splitlines()]
+    rows = [json.loads(ln) for ln in pairs.read_text().splitlines()]
     assert len(rows) == 5 and all(r["group"] == rows[0]["group"] for r in rows)  # one tie skipped
     assert main(["data", "validate", str(pairs)]) == 0
     assert main(["data", "convert", ranked, str(tmp_path / "x.jsonl"), "--to", "rated"]) == 2
@@ -67,8 +67,8 @@ def test_convert_ranked_to_pairwise_and_back_through_validation(tmp_path):
 def test_split_and_merge_annotators(tmp_path, capsys):
     assert main(["data", "split", "builtin:judged-pairwise?n=200", "--eval-fraction", "0.25",
                  "--out-dir", str(tmp_path / "split")]) == 0
-    train = [json.loads(l)["prompt"] for l in (tmp_path / "split" / "train.jsonl").read_text().splitlines()]
-    evaluation = [json.loads(l)["prompt"] for l in (tmp_path / "split" / "eval.jsonl").read_text().splitlines()]
+    train = [json.loads(ln)["prompt"] for ln in (tmp_path / "split" / "train.jsonl").read_text().splitlines()]
+    evaluation = [json.loads(ln)["prompt"] for ln in (tmp_path / "split" / "eval.jsonl").read_text().splitlines()]
     assert len(train) + len(evaluation) == 200 and not set(train) & set(evaluation)
     capsys.readouterr()
     assert main(["data", "merge-annotators", "builtin:judged-pairwise?n=50&annotators=3&noise=10",

@@ -24,7 +24,7 @@ def dpo(tmp_path, name, *extra):
 def test_first_loss_is_ln2_and_preferences_are_learned(tmp_path):
     summary, out = dpo(tmp_path, "run", "max_steps=100", "optim.lr=1e-3", "data.train=['builtin:judged-pairwise?n=800']")
     assert summary["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["margins"] == pytest.approx(0.0, abs=1e-5)
     # From a randomly initialised model (no SFT), 100 steps: clearly above chance, loss below ln 2.
     assert summary["eval_accuracy"] > 0.65 and summary["eval_margins"] > 0

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO, sft_overrides
 from safetensors.torch import load_file
 
-from helpers import REPO, sft_overrides
 from rlhf.cli import chat as chat_cli
 from rlhf.cli.main import main as rlhf_main
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import PIPELINE_SHORT as SHORT
 from safetensors.torch import load_file
 
-from helpers import PIPELINE_SHORT as SHORT
 from rlhf.cli.main import main
 
 
@@ -23,7 +23,7 @@ def test_tiny_pipeline_wires_the_stages_evaluates_and_skips_finished_ones(tmp_pa
     args = ["pipeline", "--config", "configs/pipeline/tiny.yaml", f"output_dir={out}", *SHORT]
     assert main(args) == 0
     record = json.loads((out / "pipeline.json").read_text())
-    assert {s: e["action"] for s, e in record["stages"].items()} == {s: "run" for s in ("sft", "rm", "ppo", "dpo")}
+    assert {s: e["action"] for s, e in record["stages"].items()} == dict.fromkeys(("sft", "rm", "ppo", "dpo"), "run")
     ppo_cfg = (out / "ppo" / "config.yaml").read_text()
     assert f"name_or_path: {out / 'sft' / 'model'}" in ppo_cfg and f"model: {out / 'rm' / 'model'}" in ppo_cfg
     assert record["stages"]["ppo"]["summary"]["steps"] == 3

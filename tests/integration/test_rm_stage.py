@@ -29,7 +29,7 @@ def test_each_data_kind_trains_and_beats_chance(tmp_path, config, train):
     assert summary["eval_accuracy"] > 0.7
     assert 0 <= summary["eval_ece"] <= 1 and summary["calibration"]
     assert (out / "reward_margins.png").stat().st_size > 1000
-    losses = [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    losses = [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
     assert sum(losses[-10:]) < sum(losses[:10])
 
 
@@ -68,8 +68,9 @@ def test_saved_model_loads_as_sequence_classifier_and_normalisation_applies(tmp_
 
 
 def test_resume_gives_identical_weights(tmp_path):
-    from safetensors.torch import load_file
     import shutil
+
+    from safetensors.torch import load_file
 
     common = ["data.train=['builtin:judged-pairwise?n=100']", "data.eval=['builtin:judged-pairwise?n=10&seed=5']",
               "normalize.data=null", "max_steps=6", "checkpoint.save_steps=3", "checkpoint.keep_last=0"]

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import sft_overrides
+
 from rlhf.config.loader import load_config
 from rlhf.stages.sft import SFTConfig, run
 

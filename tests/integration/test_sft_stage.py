@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import torch
+from helpers import sft_overrides
 from safetensors.torch import load_file
 
-from helpers import sft_overrides
 from rlhf.config.loader import load_config
 from rlhf.stages.sft import SFTConfig, run
 
@@ -73,7 +73,7 @@ def test_resume_from_mid_run_checkpoint_gives_identical_weights(tmp_path):
     summary, _ = sft(tmp_path, "resumed", "max_steps=6", "checkpoint.resume_from=latest")
     assert summary["steps"] == 6
     assert_same_weights(weights(full), weights(resumed))
-    logged = [json.loads(l)["step"] for l in (resumed / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(ln)["step"] for ln in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert logged[0] == 4
 
 
@@ -100,7 +100,7 @@ def test_bad_records_are_quarantined_and_counted(tmp_path):
                        "data.max_length=64", "data.truncation=reject")
     report = summary["data"]
     assert (report["read"], report["accepted"], report["rejected"]) == (25, 21, 4)
-    quarantined = [json.loads(l) for l in (out / "quarantine.jsonl").read_text().splitlines()]
+    quarantined = [json.loads(ln) for ln in (out / "quarantine.jsonl").read_text().splitlines()]
     by_line = {q["line"]: q["reason"] for q in quarantined}
     assert set(by_line) == {2, 3, 4, 5}
     assert "completion" in by_line[2] and "missing" in by_line[2]

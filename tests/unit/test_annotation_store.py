@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from preference_data.annotation.store import AnnotationError, AnnotationStore
 from preference_data.annotation.agreement import merge_annotators
+from preference_data.annotation.store import AnnotationError, AnnotationStore
 from preference_data.validate_preferences import load_kind
 
 

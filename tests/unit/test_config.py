@@ -10,8 +10,16 @@ from typing import Literal, Optional
 import pytest
 
 from rlhf.config.loader import (
-    ConfigError, describe, from_dict, load_config, merge, param, parse_overrides, replace_path,
-    save_config, to_dict,
+    ConfigError,
+    describe,
+    from_dict,
+    load_config,
+    merge,
+    param,
+    parse_overrides,
+    replace_path,
+    save_config,
+    to_dict,
 )
 from rlhf.config.sections import ModelConfig, OptimConfig
 

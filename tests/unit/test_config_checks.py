@@ -12,8 +12,8 @@ import pytest
 
 from rlhf.config.loader import ConfigError, load_config
 from rlhf.config.sections import TrackingConfig
-from rlhf.stages.ppo_config import PPOConfig
 from rlhf.runtime.tracking import Tracker
+from rlhf.stages.ppo_config import PPOConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ from typing import Literal, Optional, get_type_hints
 
 import pytest
 
-from rlhf.config.loader import param
 from rlhf.cli.reference import DEFAULT_OUT, PAGES, main
+from rlhf.config.loader import param
 from rlhf.config.reference import HEADER, _load, reference_markdown, render_pages, stale_files, write_reference
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference"

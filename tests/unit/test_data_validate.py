@@ -5,8 +5,7 @@ import json
 import pytest
 
 from preference_data.records import SFTRecord
-from preference_data.validate import (
-    DataError, Quarantine, Rejected, ValidationReport, check_sft, load_sft, reason_kind)
+from preference_data.validate import DataError, Quarantine, Rejected, ValidationReport, check_sft, load_sft, reason_kind
 
 U = {"role": "user", "content": "hi"}
 A = {"role": "assistant", "content": "hello"}

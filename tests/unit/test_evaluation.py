@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import load_tiny_lm, plain_response_logprobs, point_eos_along_mean_hidden
+
 from rlhf.eval.metrics import sample_with_kl, win_rate
 from rlhf.rollout.rewards import Scorer, load_function
 from rlhf.rollout.sampling import SamplingConfig, sample

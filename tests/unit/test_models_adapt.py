@@ -8,11 +8,17 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from rlhf.models.loading import (
-    apply_adaptation, check_model_path, count_parameters, load_causal_lm, load_tokenizer, looks_like_local_path,
-    quantization_config_for, resolve_model_path,
-)
 from rlhf.config.sections import AdaptConfig, ModelConfig
+from rlhf.models.loading import (
+    apply_adaptation,
+    check_model_path,
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer,
+    looks_like_local_path,
+    quantization_config_for,
+    resolve_model_path,
+)
 
 V, H, L, HEADS, KV, INTER = 50, 16, 3, 4, 2, 24
 HEAD_DIM = H // HEADS  # 4

@@ -5,9 +5,9 @@ import json
 import pytest
 import yaml
 
+from rlhf.cli.pipeline import main
 from rlhf.config.loader import ConfigError, load_config, to_dict
 from rlhf.orchestration.pipeline import PipelineError, config_changes, plan
-from rlhf.cli.pipeline import main
 from rlhf.orchestration.pipeline_config import PipelineConfig
 
 TINY = "configs/pipeline/tiny.yaml"

@@ -3,8 +3,8 @@ and response log-probs checked against a plain, padding-free forward pass per ro
 
 import pytest
 import torch
-
 from helpers import load_tiny_lm, plain_response_logprobs, point_eos_along_mean_hidden
+
 from rlhf.rollout.sampling import (
     Samples,
     SamplingConfig,

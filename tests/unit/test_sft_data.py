@@ -1,11 +1,10 @@
 """Assistant-only masking, packing and collation of SFT data."""
 
+import pytest
 import torch
 
 from preference_data.collate import IGNORE_INDEX, TooLong, collate_rows, pack, single_row, tokenize_sft
 from preference_data.records import SFTRecord
-
-import pytest
 
 
 def conversation():

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from rlhf.cli.sweep import main
 from rlhf.config.loader import ConfigError, load_config
 from rlhf.orchestration.sweep import SweepConfig, _frontier, best_index, table, trial_params
-from rlhf.cli.sweep import main
 
 
 def sweep(*overrides):

@@ -8,8 +8,7 @@ import pytest
 
 from preference_data import synthetic
 from preference_data.readers import iter_rows
-from preference_data.synthetic import (
-    STYLES, corpus_lines, judge, prompt_records, reply, sft_records)
+from preference_data.synthetic import STYLES, corpus_lines, judge, prompt_records, reply, sft_records
 
 
 def test_generators_are_deterministic_per_seed_and_differ_across_seeds():

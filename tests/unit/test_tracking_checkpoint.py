@@ -13,8 +13,8 @@ def test_tracker_writes_metrics_summary_and_plot(tmp_path):
     for step in (1, 2, 3):
         tracker.log(step, {"loss": 1.0 / step, "lr": 0.1})
     tracker.finish({"final_loss": 1 / 3, "nan": float("nan")})
-    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [1, 2, 3] and lines[1]["loss"] == 0.5
+    lines = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == [1, 2, 3] and lines[1]["loss"] == 0.5
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["final_loss"] == pytest.approx(1 / 3) and summary["nan"] == "nan" and "wall_time_s" in summary
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -24,7 +24,7 @@ def test_tracker_on_resume_drops_lines_after_the_checkpoint(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": s}) + "\n" for s in range(1, 6)))
     tracker = Tracker(str(tmp_path), is_main=True, mode="disabled", progress=False, start_step=3)
     tracker.log(4, {"loss": 0.0})
-    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
 
 

@@ -11,9 +11,9 @@ from preference_data.records import PairwiseRecord, RankedRecord, RatedRecord, S
 from preference_data.splits import dedup, shuffle, split_by_prompt
 from preference_data.transforms import (
     pairwise_to_ranked,
+    ranked_to_pairwise,
     rated_to_pairwise,
     rated_to_ranked,
-    ranked_to_pairwise,
 )
 
 

@@ -8,8 +8,16 @@ import pytest
 from preference_data.records import PairwiseRecord, PromptRecord, RankedRecord, RatedRecord
 from preference_data.validate import DataError, Rejected
 from preference_data.validate_preferences import (
-    KINDS, check_pairwise, check_prompt, check_ranked, check_rated, content_key, detect_kind,
-    load_kind, longest_tokens)
+    KINDS,
+    check_pairwise,
+    check_prompt,
+    check_ranked,
+    check_rated,
+    content_key,
+    detect_kind,
+    load_kind,
+    longest_tokens,
+)
 
 U = {"role": "user", "content": "hi"}
 A = {"role": "assistant", "content": "hello"}
