@@ -38,7 +38,7 @@ def _split_final_reply(text: object, name: str) -> tuple[str, str]:
     at = text.rfind(_ASSISTANT)
     if at < 0:
         raise Rejected(f"{name} dialogue has no assistant turn")
-    reply = text[at + len(_ASSISTANT):]
+    reply = text[at + len(_ASSISTANT) :]
     if _HUMAN in reply:
         raise Rejected(f"{name} dialogue ends with a Human turn, not the assistant's")
     return text[:at], reply.strip()
@@ -47,8 +47,10 @@ def _split_final_reply(text: object, name: str) -> tuple[str, str]:
 def _mismatch_hint(chosen_prefix: str, rejected_prefix: str) -> str:
     # In the public data this happens when a reply goes on to write "Human: ... Assistant: ..."
     # itself: the last marker is then inside that reply, not at the end of the shared prompt.
-    for name, longer, shorter in (("rejected", rejected_prefix, chosen_prefix),
-                                  ("chosen", chosen_prefix, rejected_prefix)):
+    for name, longer, shorter in (
+        ("rejected", rejected_prefix, chosen_prefix),
+        ("chosen", chosen_prefix, rejected_prefix),
+    ):
         if longer.startswith(shorter + _ASSISTANT):
             return f" (the {name} reply contains another Assistant turn)"
     return ""
@@ -68,8 +70,9 @@ def hh_rlhf(row: object) -> dict:
     chosen_prefix, chosen = _split_final_reply(row["chosen"], "chosen")
     rejected_prefix, rejected = _split_final_reply(row["rejected"], "rejected")
     if chosen_prefix != rejected_prefix:
-        raise Rejected("chosen and rejected dialogues do not share a prompt"
-                       + _mismatch_hint(chosen_prefix, rejected_prefix))
+        raise Rejected(
+            "chosen and rejected dialogues do not share a prompt" + _mismatch_hint(chosen_prefix, rejected_prefix)
+        )
     parts = _TURN.split(chosen_prefix)
     if parts[0].strip():
         raise Rejected("dialogue does not start with a Human turn")
@@ -82,6 +85,7 @@ def hh_rlhf(row: object) -> dict:
 
 
 # --- UltraFeedback (OpenBMB) -----------------------------------------------------------------
+
 
 def _rating(value: object, label: str) -> float | None:
     """A rating as a number; None for "N/A" (the annotator judged the attribute not applicable)."""
@@ -128,8 +132,7 @@ def _overall(completion: dict, label: str) -> float:
             return value
     ratings = _attribute_ratings(completion, label)
     if not ratings:
-        raise Rejected(f"{label} has no numeric rating (no overall_score, fine-grained_score "
-                       "or rated annotations)")
+        raise Rejected(f"{label} has no numeric rating (no overall_score, fine-grained_score or rated annotations)")
     return sum(ratings.values()) / len(ratings)
 
 

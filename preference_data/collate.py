@@ -35,9 +35,7 @@ class TokenizedExample:
 
 
 def _template(tokenizer, messages: Sequence[dict], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt
-    )
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -114,8 +112,7 @@ def tokenize_sft(
     example = TokenizedExample(tuple(ids), tuple(labels), record.source, record.line)
     if example.num_targets == 0:
         raise TooLong(
-            f"too long: no assistant token left within max_length {max_length} "
-            f"({len(encoded['input_ids'])} tokens)"
+            f"too long: no assistant token left within max_length {max_length} ({len(encoded['input_ids'])} tokens)"
         )
     return example
 

@@ -31,9 +31,7 @@ _DIGIT_RUN = re.compile(r"(?<![\w.,])\d+(?:[ -]\d+)*(?![\w]|[.,]\d)")
 
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
 # Candidates only; `ipaddress` decides. At least two colons, so "10:30" is never a candidate.
-_IPV6 = re.compile(
-    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:])"
-)
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:])")
 
 _SEP = r"[ .\-]"
 _PHONE = re.compile(
@@ -120,13 +118,14 @@ def _scrub_cards(text: str, counts: Counter) -> str:
     the last of 1-6: 4-4-4-4, 4-6-5, 4-4-4-4-3), and passes Luhn. Inside a longer run ("in 2024
     4111 1111 1111 1111") the longest valid span of whole groups from the left is taken.
     """
+
     def replace_in_run(match: re.Match) -> str:
         parts = re.split(r"([ -])", match.group(0))
         groups, separators = parts[0::2], parts[1::2]
         out: list[str] = []
         i = 0
         while i < len(groups):
-            end = next((j for j in range(len(groups) - 1, i - 1, -1) if _is_card(groups[i:j + 1])), None)
+            end = next((j for j in range(len(groups) - 1, i - 1, -1) if _is_card(groups[i : j + 1])), None)
             if end is None:
                 out.append(groups[i])
                 end = i

@@ -21,8 +21,14 @@ from urllib.parse import parse_qsl
 
 BUILTIN_PREFIX = "builtin:"
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
-_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
-               ".parquet": "parquet", ".pq": "parquet"}
+_EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 _GZIP_FORMATS = ("jsonl", "json", "csv")
 # Spellings pandas and spreadsheet exports use for a missing cell; CSV cannot say "null" otherwise.
 _CSV_NULLS = ("", "NaN", "nan")
@@ -49,8 +55,7 @@ def type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def iter_rows(path: str, *, fmt: str | None = None,
-              field_map: dict[str, str] | None = None) -> Iterator[Row]:
+def iter_rows(path: str, *, fmt: str | None = None, field_map: dict[str, str] | None = None) -> Iterator[Row]:
     """Stream the rows of one data source.
 
     `fmt` overrides the format guessed from the extension (`.gz` is decompressed transparently
@@ -80,8 +85,7 @@ def _detect_format(path: str) -> str:
     stem = path[:-3] if path.endswith(".gz") else path
     fmt = _EXTENSIONS.get(os.path.splitext(stem)[1].lower())
     if fmt is None or (stem != path and fmt not in _GZIP_FORMATS):
-        raise ValueError(f"{path}: cannot tell the format from the name; pass fmt= one of "
-                         f"{', '.join(FORMATS)}")
+        raise ValueError(f"{path}: cannot tell the format from the name; pass fmt= one of {', '.join(FORMATS)}")
     return fmt
 
 
@@ -157,20 +161,35 @@ def _read_json(path: str) -> Iterator[Row]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         bad_line = text.splitlines()[exc.lineno - 1] if text.strip() else text
-        yield Row(path, exc.lineno, None, raw=bad_line,
-                  error=f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        yield Row(
+            path,
+            exc.lineno,
+            None,
+            raw=bad_line,
+            error=f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        )
         return
     items = value.get("data") if isinstance(value, dict) else value
     if not isinstance(items, list):
-        yield Row(path, 1, None, raw=None, error="expected a JSON array of objects or an object "
-                  f"with a list under 'data', got {type_name(value)}")
+        yield Row(
+            path,
+            1,
+            None,
+            raw=None,
+            error=f"expected a JSON array of objects or an object with a list under 'data', got {type_name(value)}",
+        )
         return
     for index, item in enumerate(items):
         if isinstance(item, dict):
             yield Row(path, index + 1, item)
         else:
-            yield Row(path, index + 1, None, raw=json.dumps(item, ensure_ascii=False),
-                      error=f"expected a JSON object, got {type_name(item)}")
+            yield Row(
+                path,
+                index + 1,
+                None,
+                raw=json.dumps(item, ensure_ascii=False),
+                error=f"expected a JSON object, got {type_name(item)}",
+            )
 
 
 def _read_csv(path: str) -> Iterator[Row]:
@@ -249,8 +268,11 @@ def _read_hf(path: str) -> Iterator[Row]:
 
 
 _READERS: dict[str, Callable[[str], Iterator[Row]]] = {
-    "jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
-    "parquet": _read_parquet, "hf": _read_hf,
+    "jsonl": _read_jsonl,
+    "json": _read_json,
+    "csv": _read_csv,
+    "parquet": _read_parquet,
+    "hf": _read_hf,
 }
 
 _BUILTINS: dict[str, Callable[..., Iterable[dict]]] = {}
@@ -271,15 +293,17 @@ def _load_builtin_modules() -> None:
 
 
 def _read_builtin(path: str) -> Iterator[Row]:
-    name, _, query = path[len(BUILTIN_PREFIX):].partition("?")
+    name, _, query = path[len(BUILTIN_PREFIX) :].partition("?")
     if name not in _BUILTINS:
         _load_builtin_modules()
     generator = _BUILTINS.get(name)
     if generator is None:
         raise ValueError(f"{path}: unknown built-in data set {name!r}; known: {', '.join(sorted(_BUILTINS))}")
     try:
-        params = {k: int(v) if v.lstrip("-").isdigit() else v
-                  for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))}
+        params = {
+            k: int(v) if v.lstrip("-").isdigit() else v
+            for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+        }
         inspect.signature(generator).bind(**params)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: bad parameters for built-in {name!r}: {exc}") from None

@@ -45,7 +45,6 @@ class SFTRecord:
 # A prompt is plain text, or a conversation prefix: a tuple of messages ending with a user turn.
 
 
-
 def prompt_key(prompt) -> str:
     """A stable text key for a prompt (grouping, splitting by prompt, dedup)."""
     if isinstance(prompt, str):

@@ -10,9 +10,7 @@ import random
 from collections.abc import Iterator, Sequence
 
 
-def mixture_stream(
-    sizes: Sequence[int], weights: Sequence[float] | None, seed: int
-) -> Iterator[tuple[int, int]]:
+def mixture_stream(sizes: Sequence[int], weights: Sequence[float] | None, seed: int) -> Iterator[tuple[int, int]]:
     """Endless stream of ``(dataset_index, example_index)``.
 
     Without weights the datasets are concatenated and shuffled, one full pass at a time (each

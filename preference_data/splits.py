@@ -39,11 +39,7 @@ def dedup(records: Iterable, *, normalise: bool = False) -> tuple[list, Transfor
 
 def canonical_key(record, *, normalise: bool = False) -> str:
     """A text key equal for records with the same content (all fields but source and line)."""
-    content = {
-        f.name: getattr(record, f.name)
-        for f in dataclasses.fields(record)
-        if f.name not in ("source", "line")
-    }
+    content = {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name not in ("source", "line")}
     if normalise:
         content = _normalised(content)
     return type(record).__name__ + json.dumps(content, sort_keys=True, ensure_ascii=False, default=repr)

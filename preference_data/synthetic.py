@@ -31,8 +31,7 @@ import re
 
 from preference_data.readers import register_builtin
 
-COLOURS = ("red", "blue", "green", "yellow", "black", "white", "brown", "grey", "orange", "purple",
-           "pink", "silver")
+COLOURS = ("red", "blue", "green", "yellow", "black", "white", "brown", "grey", "orange", "purple", "pink", "silver")
 # noun -> (traits, facts). No trait or fact mentions another noun, so off-topic is detectable.
 OBJECTS = {
     "fox": (("quick and clever", "shy and alert"), ("It lives in the forest.", "It hunts at night.")),
@@ -59,10 +58,25 @@ POLITE_OPENERS = ("Sure!", "Of course!", "Happy to help!", "Great question!")
 POLITE_CLOSERS = ("Hope this helps.", "Thanks for asking.", "Let me know if you want more.")
 RUDE_OPENERS = ("Ugh. Fine.", "Whatever.", "Not this again.", "Obviously.")
 RUDE_CLOSERS = ("Stop asking.", "Go away.", "Figure it out yourself.", "Do not bother me again.")
-POLITE_MARKERS = ("sure", "of course", "happy to help", "great question", "hope this helps",
-                  "thanks for asking", "let me know")
-RUDE_MARKERS = ("ugh", "whatever", "not this again", "obviously", "stop asking", "go away",
-                "figure it out yourself", "do not bother me")
+POLITE_MARKERS = (
+    "sure",
+    "of course",
+    "happy to help",
+    "great question",
+    "hope this helps",
+    "thanks for asking",
+    "let me know",
+)
+RUDE_MARKERS = (
+    "ugh",
+    "whatever",
+    "not this again",
+    "obviously",
+    "stop asking",
+    "go away",
+    "figure it out yourself",
+    "do not bother me",
+)
 STYLES = ("good", "rude", "off_topic", "rambling")
 MIXED_WEIGHTS = (0.4, 0.2, 0.2, 0.2)  # share of each style in quality="mixed"
 TARGET_WORDS = 24  # the longest good reply; words beyond it cost LENGTH_PENALTY each
@@ -71,8 +85,9 @@ EMPTY_SCORE = -2.0
 SPLITS = ("all", "train", "test")
 # A diagonal rule, not a random draw, so the held-out set is fixed, documented and covers every
 # colour and every noun on both sides (each residue mod 5 occurs at least twice in 0..11).
-TEST_COMBINATIONS = frozenset((colour, noun) for c, colour in enumerate(COLOURS)
-                              for n, noun in enumerate(NOUNS) if (c + n) % 5 == 0)
+TEST_COMBINATIONS = frozenset(
+    (colour, noun) for c, colour in enumerate(COLOURS) for n, noun in enumerate(NOUNS) if (c + n) % 5 == 0
+)
 
 
 def _words(text: str) -> list[str]:

@@ -48,8 +48,9 @@ def _annotator_ids(annotators: int) -> list[str | None]:
     return [None] if annotators <= 1 else [f"ann{i}" for i in range(annotators)]
 
 
-def pairwise_records(n: int = 1000, seed: int = 0, noise: float = 0.0, annotators: int = 1,
-                     split: str = "all") -> list[dict]:
+def pairwise_records(
+    n: int = 1000, seed: int = 0, noise: float = 0.0, annotators: int = 1, split: str = "all"
+) -> list[dict]:
     """`n` items {"prompt", "chosen", "rejected", "annotator"?}; the two replies' true scores differ."""
     check_split(split, "pairwise_records")
     rng = random.Random(seed)
@@ -75,8 +76,9 @@ def _ranks(scores: list[float]) -> list[int]:
     return [distinct.index(s) for s in scores]
 
 
-def ranked_records(n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0, annotators: int = 1,
-                   split: str = "all") -> list[dict]:
+def ranked_records(
+    n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0, annotators: int = 1, split: str = "all"
+) -> list[dict]:
     """`n` items {"prompt", "responses", "ranks", "annotator"?} with K = `k` replies."""
     check_split(split, "ranked_records")
     rng = random.Random(seed)
@@ -95,8 +97,7 @@ def ranked_records(n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0,
     return records[: n * max(1, annotators)]
 
 
-def rated_records(n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0,
-                  split: str = "all") -> list[dict]:
+def rated_records(n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0, split: str = "all") -> list[dict]:
     """`n` items {"prompt", "responses", "scores"}: absolute scores on the judge's scale."""
     check_split(split, "rated_records")
     rng = random.Random(seed)
@@ -104,8 +105,7 @@ def rated_records(n: int = 1000, seed: int = 0, k: int = 4, noise: float = 0.0,
     for _ in range(n):
         prompt = make_prompt(rng, split)
         responses = _candidates(prompt, k, rng)
-        records.append({"prompt": prompt, "responses": responses,
-                        "scores": _perceived(prompt, responses, noise, rng)})
+        records.append({"prompt": prompt, "responses": responses, "scores": _perceived(prompt, responses, noise, rng)})
     return records
 
 
@@ -113,14 +113,16 @@ def _percent(noise: int | str) -> float:
     return float(noise) / 100.0
 
 
-def _judged_pairwise(n: int = 1000, seed: int = 0, noise: int | str = 0, annotators: int = 1,
-                     split: str = "all") -> list[dict]:
+def _judged_pairwise(
+    n: int = 1000, seed: int = 0, noise: int | str = 0, annotators: int = 1, split: str = "all"
+) -> list[dict]:
     check_split(split, "builtin:judged-pairwise")
     return pairwise_records(n, seed, _percent(noise), annotators, split)
 
 
-def _judged_ranked(n: int = 1000, seed: int = 0, k: int = 4, noise: int | str = 0, annotators: int = 1,
-                   split: str = "all") -> list[dict]:
+def _judged_ranked(
+    n: int = 1000, seed: int = 0, k: int = 4, noise: int | str = 0, annotators: int = 1, split: str = "all"
+) -> list[dict]:
     check_split(split, "builtin:judged-ranked")
     return ranked_records(n, seed, k, _percent(noise), annotators, split)
 

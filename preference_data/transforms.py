@@ -74,13 +74,12 @@ def item_id(record) -> str:
     """
     if record.source:
         return where(record)
-    payload = json.dumps(
-        [prompt_key(record.prompt), list(record.responses), record.annotator], ensure_ascii=False
-    )
+    payload = json.dumps([prompt_key(record.prompt), list(record.responses), record.annotator], ensure_ascii=False)
     return "item-" + hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
 
 
 # --- ranked / rated -> pairwise -----------------------------------------------------------------
+
 
 def ranked_to_pairwise(records: Iterable[RankedRecord]) -> tuple[list[PairwiseRecord], TransformReport]:
     """All C(K, 2) pairs of each ranked record whose ranks differ (InstructGPT K-wise data).
@@ -168,11 +167,16 @@ def rated_to_ranked(
         rank_of = {score: rank for rank, score in enumerate(levels)}
         if len(levels) == 1:
             report.all_tied += 1
-        ranked.append(RankedRecord(
-            prompt=record.prompt, responses=tuple(record.responses),
-            ranks=tuple(rank_of[s] for s in scores), annotator=record.annotator,
-            source=record.source, line=record.line,
-        ))
+        ranked.append(
+            RankedRecord(
+                prompt=record.prompt,
+                responses=tuple(record.responses),
+                ranks=tuple(rank_of[s] for s in scores),
+                annotator=record.annotator,
+                source=record.source,
+                line=record.line,
+            )
+        )
     report.records_out = len(ranked)
     return ranked, report
 
@@ -216,9 +220,7 @@ def _scalar_scores(record: RatedRecord, attribute, weights) -> list[float]:
 
 def _check_lengths(record, values: Sequence, name: str) -> None:
     if len(values) != len(record.responses):
-        raise ValueError(
-            f"{where(record)}: {len(record.responses)} responses but {len(values)} {name}"
-        )
+        raise ValueError(f"{where(record)}: {len(record.responses)} responses but {len(values)} {name}")
 
 
 def _index_pairs(k: int):
@@ -227,13 +229,19 @@ def _index_pairs(k: int):
 
 def _pair(record, better: int, worse: int, margin: float | None, group: str) -> PairwiseRecord:
     return PairwiseRecord(
-        prompt=record.prompt, chosen=record.responses[better], rejected=record.responses[worse],
-        margin=margin, annotator=record.annotator, group=group,
-        source=record.source, line=record.line,
+        prompt=record.prompt,
+        chosen=record.responses[better],
+        rejected=record.responses[worse],
+        margin=margin,
+        annotator=record.annotator,
+        group=group,
+        source=record.source,
+        line=record.line,
     )
 
 
 # --- pairwise -> ranked -------------------------------------------------------------------------
+
 
 def pairwise_to_ranked(pairs: Iterable[PairwiseRecord]) -> tuple[list[RankedRecord], TransformReport]:
     """Ranked records from pairs: one per prompt and connected set of responses.
@@ -320,11 +328,13 @@ def _rank_component(key: str, pairs: list[PairwiseRecord], report: TransformRepo
             if waiting[lower] == 0:
                 ready.append(lower)
     if len(done) < len(responses):
-        report.cycles.append({
-            "prompt": key,
-            "cycle": _find_cycle([r for r in responses if waiting[r] > 0], above, responses),
-            "sources": [where(p) for p in pairs],
-        })
+        report.cycles.append(
+            {
+                "prompt": key,
+                "cycle": _find_cycle([r for r in responses if waiting[r] > 0], above, responses),
+                "sources": [where(p) for p in pairs],
+            }
+        )
         report.pairs_in_cycles += len(pairs)
         return None
 
@@ -332,9 +342,12 @@ def _rank_component(key: str, pairs: list[PairwiseRecord], report: TransformRepo
     annotators = {p.annotator for p in pairs}
     first = pairs[0]
     return RankedRecord(
-        prompt=first.prompt, responses=tuple(responses), ranks=tuple(rank[r] for r in responses),
+        prompt=first.prompt,
+        responses=tuple(responses),
+        ranks=tuple(rank[r] for r in responses),
         annotator=annotators.pop() if len(annotators) == 1 else None,
-        source=first.source, line=first.line,
+        source=first.source,
+        line=first.line,
     )
 
 
@@ -351,7 +364,7 @@ def _find_cycle(left: list[str], above: dict[str, set[str]], order: list[str]) -
     while True:
         nxt = min((r for r in above[walk[-1]] if r in left_set), key=position.__getitem__)
         if nxt in seen:
-            cycle = walk[seen[nxt]:]
+            cycle = walk[seen[nxt] :]
             break
         seen[nxt] = len(walk)
         walk.append(nxt)

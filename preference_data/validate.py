@@ -82,6 +82,7 @@ def where(source: str, line: int) -> str:
 
 # --- SFT -------------------------------------------------------------------------------------
 
+
 def _text(value: object, label: str, expected: str) -> str:
     if value is None:
         raise Rejected(f"{label} is empty")
@@ -177,6 +178,7 @@ def check_sft(data: object, source: str = "<memory>", line: int = 0) -> SFTRecor
 
 # --- Quarantine and report -------------------------------------------------------------------
 
+
 class Quarantine:
     """Rejected records as JSON lines: {"source", "line", "reason", "record"}.
 
@@ -198,8 +200,7 @@ class Quarantine:
         if self._file is None:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             # backslashreplace: a lone surrogate in a rejected record must not crash the write.
-            self._file = open(self.path, "a" if self._created else "w", encoding="utf-8",
-                              errors="backslashreplace")
+            self._file = open(self.path, "a" if self._created else "w", encoding="utf-8", errors="backslashreplace")
             self._created = True
         entry = {"source": source, "line": line, "reason": reason, "record": record}
         self._file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
@@ -251,11 +252,17 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         assert self.read == self.accepted + self.rejected, (
-            f"report does not reconcile: read {self.read} != {self.accepted} accepted + {self.rejected} rejected")
+            f"report does not reconcile: read {self.read} != {self.accepted} accepted + {self.rejected} rejected"
+        )
         assert sum(self.reasons.values()) == self.rejected, "reason counts do not add up to rejected"
-        return {"read": self.read, "accepted": self.accepted, "rejected": self.rejected,
-                "reasons": dict(self.reasons.most_common()), "sources": list(self.sources),
-                "quarantine": self.quarantine.path}
+        return {
+            "read": self.read,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "reasons": dict(self.reasons.most_common()),
+            "sources": list(self.sources),
+            "quarantine": self.quarantine.path,
+        }
 
     def summary(self) -> str:
         sources = ", ".join(self.sources) or "no sources"
@@ -263,17 +270,28 @@ class ValidationReport:
         width = max((len(str(n)) for n in self.reasons.values()), default=1)
         lines += [f"  {n:>{width}}  {kind}" for kind, n in self.reasons.most_common()]
         if self.rejected:
-            lines.append(f"rejected records with reasons: {self.quarantine.path}"
-                         if self.quarantine.path else "rejected records were not written (no quarantine path)")
+            lines.append(
+                f"rejected records with reasons: {self.quarantine.path}"
+                if self.quarantine.path
+                else "rejected records were not written (no quarantine path)"
+            )
         return "\n".join(lines)
 
 
 # --- Loading ---------------------------------------------------------------------------------
 
-def load_records(paths: str | Iterable[str], check: Callable[[object, str, int], object], *,
-                 field_map: dict[str, str] | None = None, quarantine_path: str | None,
-                 strict: bool = False, what: str = "records", keep: bool = True,
-                 progress: bool = False) -> tuple[list, ValidationReport]:
+
+def load_records(
+    paths: str | Iterable[str],
+    check: Callable[[object, str, int], object],
+    *,
+    field_map: dict[str, str] | None = None,
+    quarantine_path: str | None,
+    strict: bool = False,
+    what: str = "records",
+    keep: bool = True,
+    progress: bool = False,
+) -> tuple[list, ValidationReport]:
     """Read every path, keep what `check` accepts, quarantine the rest.
 
     strict=True raises DataError at the first rejection (`file:line: reason`). DataError is also
@@ -298,8 +316,13 @@ def load_records(paths: str | Iterable[str], check: Callable[[object, str, int],
                 except Rejected as rejected:
                     if strict:
                         raise DataError(f"{where(row.source, row.line)}: {rejected.reason}") from None
-                    report.reject(row.source, row.line, rejected.reason,
-                                  row.data if row.data is not None else row.raw, kind=rejected.kind)
+                    report.reject(
+                        row.source,
+                        row.line,
+                        rejected.reason,
+                        row.data if row.data is not None else row.raw,
+                        kind=rejected.kind,
+                    )
                     continue
                 report.accept()
                 if keep:  # keep=False validates in bounded memory: only the counts remain
@@ -309,8 +332,14 @@ def load_records(paths: str | Iterable[str], check: Callable[[object, str, int],
     return records, report
 
 
-def load_sft(paths: str | Iterable[str], *, field_map: dict[str, str] | None = None,
-             quarantine_path: str | None, strict: bool = False) -> tuple[list[SFTRecord], ValidationReport]:
+def load_sft(
+    paths: str | Iterable[str],
+    *,
+    field_map: dict[str, str] | None = None,
+    quarantine_path: str | None,
+    strict: bool = False,
+) -> tuple[list[SFTRecord], ValidationReport]:
     """Load SFT records from jsonl/json/csv/parquet/dataset folders/builtins; see `load_records`."""
-    return load_records(paths, check_sft, field_map=field_map, quarantine_path=quarantine_path,
-                        strict=strict, what="SFT records")
+    return load_records(
+        paths, check_sft, field_map=field_map, quarantine_path=quarantine_path, strict=strict, what="SFT records"
+    )

@@ -47,8 +47,9 @@ def _prompt(value: object) -> str | tuple[dict, ...]:
         raise Rejected(f"conversation in 'prompt' must end with a user turn, got {roles[-1]}")
     first = roles[1] if roles[0] == SYSTEM else roles[0]
     if first != USER:
-        raise Rejected(f"conversation in 'prompt' must start with a user turn "
-                       f"(after an optional system message), got {first}")
+        raise Rejected(
+            f"conversation in 'prompt' must start with a user turn (after an optional system message), got {first}"
+        )
     return tuple(messages)
 
 
@@ -114,6 +115,7 @@ def _responses(data: dict, minimum: int) -> tuple[str, ...]:
 
 # --- Checkers --------------------------------------------------------------------------------
 
+
 def check_prompt(data: object, source: str = "<memory>", line: int = 0) -> PromptRecord:
     """{"prompt": str | [messages ending with a user turn]} -> PromptRecord."""
     data = _require(data, "prompt")
@@ -133,8 +135,16 @@ def check_pairwise(data: object, source: str = "<memory>", line: int = 0) -> Pai
         raise Rejected("chosen and rejected are identical")
     margin = data.get("margin")
     margin = None if margin is None else _number(margin, "field 'margin'")
-    return PairwiseRecord(prompt, chosen, rejected, margin, _optional_string(data, "annotator"),
-                          _optional_string(data, "group"), source, line)
+    return PairwiseRecord(
+        prompt,
+        chosen,
+        rejected,
+        margin,
+        _optional_string(data, "annotator"),
+        _optional_string(data, "group"),
+        source,
+        line,
+    )
 
 
 def check_ranked(data: object, source: str = "<memory>", line: int = 0) -> RankedRecord:
@@ -188,17 +198,23 @@ def check_rated(data: object, source: str = "<memory>", line: int = 0) -> RatedR
     for i, score in enumerate(scores[1:], start=1):
         if isinstance(score, dict) != isinstance(first, dict):
             kinds = ("an object" if isinstance(s, dict) else "a number" for s in (score, first))
-            raise Rejected("scores[{}] is {} but scores[0] is {}; all scores of a record must be "
-                           "of one kind".format(i, *kinds))
+            raise Rejected(
+                "scores[{}] is {} but scores[0] is {}; all scores of a record must be of one kind".format(i, *kinds)
+            )
         if isinstance(score, dict) and score.keys() != first.keys():
-            raise Rejected(f"scores[{i}] has keys {', '.join(sorted(score))} but scores[0] has "
-                           f"{', '.join(sorted(first))}; all scores of a record must have the same keys")
+            raise Rejected(
+                f"scores[{i}] has keys {', '.join(sorted(score))} but scores[0] has "
+                f"{', '.join(sorted(first))}; all scores of a record must have the same keys"
+            )
     return RatedRecord(prompt, responses, scores, _optional_string(data, "annotator"), source, line)
 
 
 KINDS: dict[str, Callable[[object, str, int], object]] = {
-    "sft": check_sft, "pairwise": check_pairwise, "ranked": check_ranked,
-    "rated": check_rated, "prompt": check_prompt,
+    "sft": check_sft,
+    "pairwise": check_pairwise,
+    "ranked": check_ranked,
+    "rated": check_rated,
+    "prompt": check_prompt,
 }
 
 # The fields that identify each kind (a null column, as in mixed csv/parquet schemas, is absent).
@@ -226,12 +242,15 @@ def detect_kind(data: object) -> str:
         return found[0]
     if "prompt" in present:
         return "prompt"
-    raise Rejected(f"cannot tell the record kind from fields {', '.join(sorted(data)) or '(none)'}; "
-                   "expected chosen/rejected, responses/ranks, responses/scores, messages, "
-                   "prompt/completion or prompt")
+    raise Rejected(
+        f"cannot tell the record kind from fields {', '.join(sorted(data)) or '(none)'}; "
+        "expected chosen/rejected, responses/ranks, responses/scores, messages, "
+        "prompt/completion or prompt"
+    )
 
 
 # --- Loading ---------------------------------------------------------------------------------
+
 
 def content_key(record) -> bytes:
     """A 16-byte digest of what a record says: every field but `source` and `line`.
@@ -264,14 +283,23 @@ def longest_tokens(record, tokenizer) -> int:
     """
     prompt_texts, responses = _prompt_and_responses(record)
     counts = [len(ids) for ids in tokenizer(prompt_texts + responses, add_special_tokens=False)["input_ids"]]
-    return sum(counts[:len(prompt_texts)]) + max(counts[len(prompt_texts):], default=0)
+    return sum(counts[: len(prompt_texts)]) + max(counts[len(prompt_texts) :], default=0)
 
 
-def load_kind(paths: str | Iterable[str], kind: str, *, field_map: dict[str, str] | None = None,
-              quarantine_path: str | None, strict: bool = False, dedup: bool = True,
-              max_tokens: int | None = None, tokenizer=None,
-              adapter: str | None = None, keep: bool = True,
-              progress: bool = False) -> tuple[list, ValidationReport]:
+def load_kind(
+    paths: str | Iterable[str],
+    kind: str,
+    *,
+    field_map: dict[str, str] | None = None,
+    quarantine_path: str | None,
+    strict: bool = False,
+    dedup: bool = True,
+    max_tokens: int | None = None,
+    tokenizer=None,
+    adapter: str | None = None,
+    keep: bool = True,
+    progress: bool = False,
+) -> tuple[list, ValidationReport]:
     """Load records of one kind ("sft", "pairwise", "ranked", "rated", "prompt", or "auto").
 
     Each row goes: field_map -> adapter (see `adapters.ADAPTERS`) -> the kind's checker ->
@@ -319,5 +347,13 @@ def load_kind(paths: str | Iterable[str], kind: str, *, field_map: dict[str, str
         return record
 
     what = "SFT records" if kind == "sft" else "records" if kind == "auto" else f"{kind} records"
-    return load_records(paths, check, field_map=field_map, quarantine_path=quarantine_path,
-                        strict=strict, what=what, keep=keep, progress=progress)
+    return load_records(
+        paths,
+        check,
+        field_map=field_map,
+        quarantine_path=quarantine_path,
+        strict=strict,
+        what=what,
+        keep=keep,
+        progress=progress,
+    )

@@ -46,7 +46,9 @@ def _encode(tokenizer, prompt, response, *, max_length: int, truncation: str, ch
     return tuple(encode_for_reward(tokenizer, text, max_length))
 
 
-def make_group(record, tokenizer, *, max_length: int, truncation: str = "keep_end", chat_template: bool = True) -> Group:
+def make_group(
+    record, tokenizer, *, max_length: int, truncation: str = "keep_end", chat_template: bool = True
+) -> Group:
     """Tokenised group for a pairwise, ranked or rated record (raises TooLong)."""
     encode = lambda response: _encode(  # noqa: E731
         tokenizer, record.prompt, response, max_length=max_length, truncation=truncation, chat_template=chat_template

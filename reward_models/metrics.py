@@ -27,7 +27,7 @@ def pairwise_accuracy(chosen: Any, rejected: Any) -> float:
 
 
 def precision_recall_f1(chosen: Any, rejected: Any, *, seed: int = 0) -> dict[str, float]:
-    """"The chosen response scores higher" as a binary classification task.
+    """ "The chosen response scores higher" as a binary classification task.
 
     A pair has no negative class by itself, so each pair is shown in a canonical pseudo-random
     order: pair n puts the chosen response first when the n-th draw of ``random.Random(seed)``

@@ -90,8 +90,8 @@ def encode_for_reward(tokenizer, text: str, max_length: Optional[int] = None) ->
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     leading = {t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id) if t is not None}
     if ids and ids[0] in leading and max_length > 1:
-        return [ids[0], *ids[len(ids) - (max_length - 1):]]
-    return list(ids[len(ids) - max_length:])
+        return [ids[0], *ids[len(ids) - (max_length - 1) :]]
+    return list(ids[len(ids) - max_length :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class ScalarRewardModel(nn.Module):
             hidden = base(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             ).last_hidden_state
-        hidden = hidden[:, hidden.shape[1] - input_ids.shape[1]:]  # drop virtual prompt tokens, if any
+        hidden = hidden[:, hidden.shape[1] - input_ids.shape[1] :]  # drop virtual prompt tokens, if any
         if per_token:
             return self.head(hidden)[..., 0].float()
         last = last_real_index(attention_mask)
@@ -211,8 +211,9 @@ class ScalarRewardModel(nn.Module):
         mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], n_virtual), attention_mask], dim=1)
         base = getattr(self.seqcls, self.seqcls.base_model_prefix)
         cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-        out = base(input_ids=input_ids, attention_mask=mask, position_ids=position_ids + n_virtual,
-                   **{cache_arg: prefix})
+        out = base(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids + n_virtual, **{cache_arg: prefix}
+        )
         return out.last_hidden_state
 
 
@@ -223,8 +224,13 @@ class ScalarRewardModel(nn.Module):
 def _dtype(value: Union[str, torch.dtype, None]) -> torch.dtype:
     if isinstance(value, torch.dtype):
         return value
-    names = {None: torch.float32, "auto": torch.float32, "float32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16}
+    names = {
+        None: torch.float32,
+        "auto": torch.float32,
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+    }
     if value not in names:
         raise ValueError(f"unknown dtype {value!r}; expected one of float32, bfloat16, float16, auto")
     return names[value]
@@ -313,7 +319,7 @@ def load_reward_model(
 
 def _strip_prefix(state_dict: dict, prefix: str) -> dict:
     if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix):]: v for k, v in state_dict.items()}
+        return {k[len(prefix) :]: v for k, v in state_dict.items()}
     return state_dict
 
 

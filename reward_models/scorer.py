@@ -98,8 +98,10 @@ class RewardModel:
         path = Path(path).expanduser()
         # Checked here: transformers would take a missing folder for a Hub name and say so.
         if not path.exists():
-            raise FileNotFoundError(f"reward model folder {path} does not exist (is it the output of a stage "
-                                    "that has not run yet?); expected a folder written by `rlhf rm`")
+            raise FileNotFoundError(
+                f"reward model folder {path} does not exist (is it the output of a stage "
+                "that has not run yet?); expected a folder written by `rlhf rm`"
+            )
         if not path.is_dir():
             raise NotADirectoryError(f"reward model {path} is a file; expected a folder written by `rlhf rm`")
         if isinstance(dtype, str):
@@ -146,7 +148,7 @@ class RewardModel:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         rewards = [0.0] * len(encoded)
         for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+            rows = order[start : start + self.batch_size]
             input_ids, attention_mask = self._right_pad([encoded[i] for i in rows])
             for i, value in zip(rows, self.model(input_ids, attention_mask).tolist()):
                 rewards[i] = value

@@ -84,12 +84,24 @@ def _run_ours(stage: str, args, records: list[dict], *extra: str) -> list[dict]:
         with open(data, "w") as f:
             for record in records:
                 f.write(json.dumps(record) + "\n")
-        cfg = load_config(config_class(stage), None, [
-            f"output_dir={tmp}/out", f"max_steps={args.steps}", f"model.name_or_path={args.model}",
-            f"data.train=[{data}]", f"data.max_length={args.max_length}",
-            f"batch.micro_batch_size={args.batch}", "optim.lr=1e-4", "optim.schedule=constant",
-            "tracking.mode=disabled", "tracking.progress=false", "precision.mixed_precision=no", *extra,
-        ])
+        cfg = load_config(
+            config_class(stage),
+            None,
+            [
+                f"output_dir={tmp}/out",
+                f"max_steps={args.steps}",
+                f"model.name_or_path={args.model}",
+                f"data.train=[{data}]",
+                f"data.max_length={args.max_length}",
+                f"batch.micro_batch_size={args.batch}",
+                "optim.lr=1e-4",
+                "optim.schedule=constant",
+                "tracking.mode=disabled",
+                "tracking.progress=false",
+                "precision.mixed_precision=no",
+                *extra,
+            ],
+        )
         run_function(stage)(cfg)
         rows = [json.loads(line) for line in open(f"{tmp}/out/metrics.jsonl")]
     return [r for r in rows if "step_time_s" in r][WARMUP_STEPS:]
@@ -128,16 +140,21 @@ def _trl(args) -> dict:
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    data = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": r["prompt"]}],
-         "completion": [{"role": "assistant", "content": r["completion"]}]}
-        for r in _examples(args.examples)
-    ])
+    data = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "completion": [{"role": "assistant", "content": r["completion"]}],
+            }
+            for r in _examples(args.examples)
+        ]
+    )
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         config = TRLConfig(**_trl_common(args, tmp), packing=False, completion_only_loss=True)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                             callbacks=[_step_timer(times)])
+        trainer = SFTTrainer(
+            model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=[_step_timer(times)]
+        )
         trainer.train()
         lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
     tokens = statistics.mean(lengths) * args.batch
@@ -153,11 +170,23 @@ def _trl_common(args, output_dir: str) -> dict:
     import torch
 
     return dict(
-        output_dir=output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch,
-        gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0,
-        max_length=args.max_length, save_strategy="no", report_to="none", logging_steps=10**6,
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
-        disable_tqdm=True, seed=0,
+        output_dir=output_dir,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_length=args.max_length,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10**6,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        fp16=False,
+        disable_tqdm=True,
+        seed=0,
         gradient_checkpointing=getattr(args, "gradient_checkpointing", False),
     )
 
@@ -172,12 +201,16 @@ def _trl_pairs(n: int):
     """The benchmark's preference pairs as a TRL conversational dataset."""
     from datasets import Dataset
 
-    return Dataset.from_list([
-        {"prompt": [{"role": "user", "content": r["prompt"]}],
-         "chosen": [{"role": "assistant", "content": r["chosen"]}],
-         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
-        for r in _pairs(n)
-    ])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+            }
+            for r in _pairs(n)
+        ]
+    )
 
 
 def _ours_rm(args) -> dict:
@@ -199,15 +232,22 @@ def _trl_rm(args) -> dict:
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         config = RewardConfig(**_trl_common(args, tmp))
-        RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
-                      callbacks=[_step_timer(times)]).train()
+        RewardTrainer(
+            model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=[_step_timer(times)]
+        ).train()
     return {"step_time_s": statistics.median(times[WARMUP_STEPS:]), "tokens_per_step": 0.0}
 
 
 def _ours_dpo(args) -> dict:
-    extra = ["data.eval_fraction=0", "dpo.loss_type=sigmoid", "dpo.beta=0.1", "dpo.sft_weight=0",
-             f"dpo.reference={args.reference}", "data.chat_template=true",
-             f"model.gradient_checkpointing={'true' if args.gradient_checkpointing else 'false'}"]
+    extra = [
+        "data.eval_fraction=0",
+        "dpo.loss_type=sigmoid",
+        "dpo.beta=0.1",
+        "dpo.sft_weight=0",
+        f"dpo.reference={args.reference}",
+        "data.chat_template=true",
+        f"model.gradient_checkpointing={'true' if args.gradient_checkpointing else 'false'}",
+    ]
     steps = _run_ours("dpo", args, _pairs(args.examples), *extra)
     # Our tokens_per_s counts the reply tokens of chosen + rejected (the prompt is masked out).
     tokens = statistics.mean(r["tokens_per_s"] * r["step_time_s"] for r in steps)
@@ -226,13 +266,25 @@ def _trl_dpo(args) -> dict:
     data = _trl_pairs(args.examples)
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = DPOConfig(**_trl_common(args, tmp), loss_type=["sigmoid"], beta=0.1,
-                           precompute_ref_log_probs=args.reference == "precompute", padding_free=False,
-                           disable_dropout=True, eval_strategy="no")
+        config = DPOConfig(
+            **_trl_common(args, tmp),
+            loss_type=["sigmoid"],
+            beta=0.1,
+            precompute_ref_log_probs=args.reference == "precompute",
+            padding_free=False,
+            disable_dropout=True,
+            eval_strategy="no",
+        )
         # ref_model=None: TRL builds the frozen reference itself (or, with precompute, computes the
         # reference log-probs in __init__, before train(), so outside the step timer).
-        trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=data,
-                             processing_class=tokenizer, callbacks=[_step_timer(times)])
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=None,
+            args=config,
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[_step_timer(times)],
+        )
         assert (trainer.ref_model is None) == (args.reference == "precompute")
         # Reply tokens (chosen + rejected, after truncation) of each batch, counted as the collator
         # builds it, so the timed steps' own batches are counted, as our metrics do. Wrapped after
@@ -247,14 +299,20 @@ def _trl_dpo(args) -> dict:
 
         trainer.data_collator = counting_collator
         trainer.train()
-    tokens = statistics.mean(batch_tokens[WARMUP_STEPS:args.steps])
+    tokens = statistics.mean(batch_tokens[WARMUP_STEPS : args.steps])
     return {"step_time_s": statistics.median(times[WARMUP_STEPS:]), "tokens_per_step": tokens}
 
 
 def _child(args) -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
-    runners = {("sft", "ours"): _ours, ("sft", "trl"): _trl, ("rm", "ours"): _ours_rm, ("rm", "trl"): _trl_rm,
-               ("dpo", "ours"): _ours_dpo, ("dpo", "trl"): _trl_dpo}
+    runners = {
+        ("sft", "ours"): _ours,
+        ("sft", "trl"): _trl,
+        ("rm", "ours"): _ours_rm,
+        ("rm", "trl"): _trl_rm,
+        ("dpo", "ours"): _ours_dpo,
+        ("dpo", "trl"): _trl_dpo,
+    }
     result = runners[(args.what, args.framework)](args)
     result["peak_rss_bytes"] = _peak_rss()
     result["peak_gpu_bytes"] = _peak_gpu()
@@ -262,14 +320,30 @@ def _child(args) -> None:
 
 
 def _spawn(args, framework: str) -> dict:
-    cmd = [sys.executable, __file__, args.what, "--child", framework, "--model", args.model, "--steps", str(args.steps),
-           "--batch", str(args.batch), "--max-length", str(args.max_length), "--examples", str(args.examples),
-           "--reference", args.reference] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        args.what,
+        "--child",
+        framework,
+        "--model",
+        args.model,
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--max-length",
+        str(args.max_length),
+        "--examples",
+        str(args.examples),
+        "--reference",
+        args.reference,
+    ] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{framework} run failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def bench_training(args) -> dict:
@@ -294,35 +368,58 @@ def bench_training(args) -> dict:
         }
     setting = ""
     if args.what == "dpo":
-        trl_reference = ("precompute_ref_log_probs=True" if args.reference == "precompute"
-                         else "frozen copy on the fly (TRL default)")
-        setting = (f", reference: ours dpo.reference={args.reference} vs TRL {trl_reference}"
-                   f", tokens = chosen + rejected reply tokens")
+        trl_reference = (
+            "precompute_ref_log_probs=True"
+            if args.reference == "precompute"
+            else "frozen copy on the fly (TRL default)"
+        )
+        setting = (
+            f", reference: ours dpo.reference={args.reference} vs TRL {trl_reference}"
+            f", tokens = chosen + rejected reply tokens"
+        )
     if args.gradient_checkpointing:
         setting += ", gradient checkpointing"
-    print(f"{args.what.upper()} {args.model}: batch {args.batch}, max_length {args.max_length}, fp32, {args.steps} steps "
-          f"({WARMUP_STEPS} warm-up not timed), median of {args.repeats}{setting}")
+    print(
+        f"{args.what.upper()} {args.model}: batch {args.batch}, max_length {args.max_length}, fp32, {args.steps} steps "
+        f"({WARMUP_STEPS} warm-up not timed), median of {args.repeats}{setting}"
+    )
     gpu = all(row["peak_gpu_mib"] is not None for row in table.values())
     print(f"{'':8}{'steps/s':>10}{'tokens/s':>12}{'peak RSS MiB':>15}" + (f"{'peak GPU MiB':>15}" if gpu else ""))
     for framework, row in table.items():
-        print(f"{framework:8}{row['steps_per_s']:>10.2f}{row['tokens_per_s']:>12.0f}{row['peak_rss_mib']:>15.0f}"
-              + (f"{row['peak_gpu_mib']:>15.0f}" if gpu else ""))
+        print(
+            f"{framework:8}{row['steps_per_s']:>10.2f}{row['tokens_per_s']:>12.0f}{row['peak_rss_mib']:>15.0f}"
+            + (f"{row['peak_gpu_mib']:>15.0f}" if gpu else "")
+        )
     ours, trl = table["ours"], table["trl"]
     memory, memory_kind = bench_report.memory_ratio(ours, trl)
     result = {
         "comparison": args.what if args.what != "dpo" else f"dpo-{args.reference}",
-        "baseline": f"TRL {_trl_version()}", "unit": "steps/s", "ours": ours, "trl": trl,
-        "ratio": {"steps_per_s": bench_report.ratio(ours["steps_per_s"], trl["steps_per_s"]),
-                  "tokens_per_s": bench_report.ratio(ours["tokens_per_s"], trl["tokens_per_s"]),
-                  "peak_memory": memory, "memory": memory_kind},
-        "settings": {"model": args.model, "batch": args.batch, "max_length": args.max_length, "steps": args.steps,
-                     "warmup_steps": WARMUP_STEPS, "repeats": args.repeats,
-                     **({"reference": args.reference} if args.what == "dpo" else {}),
-                     **({"gradient_checkpointing": True} if args.gradient_checkpointing else {})},
+        "baseline": f"TRL {_trl_version()}",
+        "unit": "steps/s",
+        "ours": ours,
+        "trl": trl,
+        "ratio": {
+            "steps_per_s": bench_report.ratio(ours["steps_per_s"], trl["steps_per_s"]),
+            "tokens_per_s": bench_report.ratio(ours["tokens_per_s"], trl["tokens_per_s"]),
+            "peak_memory": memory,
+            "memory": memory_kind,
+        },
+        "settings": {
+            "model": args.model,
+            "batch": args.batch,
+            "max_length": args.max_length,
+            "steps": args.steps,
+            "warmup_steps": WARMUP_STEPS,
+            "repeats": args.repeats,
+            **({"reference": args.reference} if args.what == "dpo" else {}),
+            **({"gradient_checkpointing": True} if args.gradient_checkpointing else {}),
+        },
     }
     tokens = f", tokens/s x{result['ratio']['tokens_per_s']:.2f}" if result["ratio"]["tokens_per_s"] else ""
-    print(f"ratio ours/trl: steps/s x{result['ratio']['steps_per_s']:.2f}{tokens}, "
-          f"peak memory ({memory_kind}) x{memory:.2f}")
+    print(
+        f"ratio ours/trl: steps/s x{result['ratio']['steps_per_s']:.2f}{tokens}, "
+        f"peak memory ({memory_kind}) x{memory:.2f}"
+    )
     return result
 
 
@@ -348,8 +445,11 @@ def bench_all(args, argv: list[str]) -> int:
     # PPO gets bench_ppo.py's own defaults, overridden only where asked.
     ppo_argv = ["--model", args.model, "--repeats", str(stage.repeats)]
     ppo_steps = QUICK["ppo_steps"] if args.quick and args.ppo_steps is None else args.ppo_steps
-    for flag, value in (("--steps", ppo_steps), ("--batch", args.ppo_batch),
-                        ("--response-length", args.response_length)):
+    for flag, value in (
+        ("--steps", ppo_steps),
+        ("--batch", args.ppo_batch),
+        ("--response-length", args.response_length),
+    ):
         if value is not None:
             ppo_argv += [flag, str(value)]
     ppo_args = bench_ppo.build_parser().parse_args(ppo_argv)
@@ -359,10 +459,16 @@ def bench_all(args, argv: list[str]) -> int:
             run_args = copy.copy(stage)
             run_args.what, run_args.reference = what, reference
             return bench_training(run_args)
+
         return run
 
-    comparisons = {"sft": training("sft"), "rm": training("rm"), "dpo-precompute": training("dpo", "precompute"),
-                   "dpo-copy": training("dpo", "copy"), "ppo": lambda: bench_ppo.bench(ppo_args)}
+    comparisons = {
+        "sft": training("sft"),
+        "rm": training("rm"),
+        "dpo-precompute": training("dpo", "precompute"),
+        "dpo-copy": training("dpo", "copy"),
+        "ppo": lambda: bench_ppo.bench(ppo_args),
+    }
     selected = args.only.split(",") if args.only else list(comparisons)
     unknown = [name for name in selected if name not in comparisons]
     if unknown:
@@ -390,11 +496,11 @@ def bench_all(args, argv: list[str]) -> int:
     failed = [r["comparison"] for r in results if "error" in r]
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"results": results, "machine": machine, "command": command, "quick": args.quick}, handle,
-                      indent=2)
+            json.dump(
+                {"results": results, "machine": machine, "command": command, "quick": args.quick}, handle, indent=2
+            )
     if failed:
-        print(f"failed: {', '.join(failed)}" + ("; not writing " + args.write if args.write else ""),
-              file=sys.stderr)
+        print(f"failed: {', '.join(failed)}" + ("; not writing " + args.write if args.write else ""), file=sys.stderr)
         return 1
     if args.write:
         with open(args.write, encoding="utf-8", newline="") as handle:
@@ -409,13 +515,20 @@ def bench_all(args, argv: list[str]) -> int:
 def bench_import(args) -> None:
     def timed(statement: str) -> float:
         code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
-        samples = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                        check=True).stdout) for _ in range(args.repeats)]
+        samples = [
+            float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            for _ in range(args.repeats)
+        ]
         return statistics.median(samples)
 
     # Package imports, then what it takes to reach a trainer (TRL resolves its names lazily).
-    statements = ["import rlhf", "import rlhf.cli.main", "import trl",
-                  "from rlhf.stages.sft import run", "from trl import SFTTrainer"]
+    statements = [
+        "import rlhf",
+        "import rlhf.cli.main",
+        "import trl",
+        "from rlhf.stages.sft import run",
+        "from trl import SFTTrainer",
+    ]
     for statement in statements:
         print(f"{statement:36} {timed(statement):6.2f} s (median of {args.repeats})")
 
@@ -434,13 +547,18 @@ def bench_data(args) -> None:
                 handle.write(json.dumps(record) + "\n")
         size = os.path.getsize(path)
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "rlhf.cli.main", "data", "validate", path, "--kind", "pairwise"],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "rlhf.cli.main", "data", "validate", path, "--kind", "pairwise"],
+            capture_output=True,
+            text=True,
+        )
         elapsed = time.perf_counter() - start
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     print(result.stdout.strip().splitlines()[0] if result.stdout else result.stderr[-2000:])
-    print(f"validated {args.records:,} records ({size / 2**20:.0f} MiB) in {elapsed:.1f} s: "
-          f"{args.records / elapsed:,.0f} records/s, peak RSS {rss / 2**20:.0f} MiB (exit {result.returncode})")
+    print(
+        f"validated {args.records:,} records ({size / 2**20:.0f} MiB) in {elapsed:.1f} s: "
+        f"{args.records / elapsed:,.0f} records/s, peak RSS {rss / 2**20:.0f} MiB (exit {result.returncode})"
+    )
 
 
 def main() -> None:
@@ -453,16 +571,27 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--reference", choices=["precompute", "copy"], default="precompute",
-                        help="dpo: ours dpo.reference=precompute vs TRL precompute_ref_log_probs=True, or "
-                             "ours dpo.reference=copy vs TRL's default frozen copy run on every step")
-    parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="dpo: gradient checkpointing on both sides (off by default)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"all: smoke test only ({QUICK['steps']} steps, {QUICK['ppo_steps']} for PPO, "
-                             f"{QUICK['repeats']} repeat, {QUICK['examples']} examples)")
-    parser.add_argument("--write", metavar="PATH", help="all: replace the bench:all block of PATH "
-                                                        "(docs/benchmarks.md) with the table")
+    parser.add_argument(
+        "--reference",
+        choices=["precompute", "copy"],
+        default="precompute",
+        help="dpo: ours dpo.reference=precompute vs TRL precompute_ref_log_probs=True, or "
+        "ours dpo.reference=copy vs TRL's default frozen copy run on every step",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="dpo: gradient checkpointing on both sides (off by default)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"all: smoke test only ({QUICK['steps']} steps, {QUICK['ppo_steps']} for PPO, "
+        f"{QUICK['repeats']} repeat, {QUICK['examples']} examples)",
+    )
+    parser.add_argument(
+        "--write", metavar="PATH", help="all: replace the bench:all block of PATH (docs/benchmarks.md) with the table"
+    )
     parser.add_argument("--json", metavar="PATH", help="all: also write the results as JSON to PATH")
     parser.add_argument("--only", help="all: comma-separated subset of sft,rm,dpo-precompute,dpo-copy,ppo")
     parser.add_argument("--ppo-steps", type=int, help="all: PPO steps per run (default: bench_ppo.py's)")
@@ -473,10 +602,19 @@ def main() -> None:
     args = parser.parse_args(argv)
     if args.what != "dpo" and (args.gradient_checkpointing or args.reference != "precompute"):
         parser.error("--reference and --gradient-checkpointing apply to dpo only (all runs both references)")
-    all_only = [flag for flag, value in (("--quick", args.quick), ("--write", args.write), ("--json", args.json),
-                                         ("--only", args.only), ("--ppo-steps", args.ppo_steps),
-                                         ("--ppo-batch", args.ppo_batch),
-                                         ("--response-length", args.response_length)) if value]
+    all_only = [
+        flag
+        for flag, value in (
+            ("--quick", args.quick),
+            ("--write", args.write),
+            ("--json", args.json),
+            ("--only", args.only),
+            ("--ppo-steps", args.ppo_steps),
+            ("--ppo-batch", args.ppo_batch),
+            ("--response-length", args.response_length),
+        )
+        if value
+    ]
     if args.what != "all" and all_only:
         parser.error(f"{', '.join(all_only)}: only with all")
     if args.framework:

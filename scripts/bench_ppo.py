@@ -63,8 +63,20 @@ def _ensure_trl() -> None:
     if (TRL_DIR / "trl" / "experimental" / "ppo" / "ppo_trainer.py").is_file():
         return
     print(f"installing trl=={TRL_VERSION} into {TRL_DIR} ...", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(TRL_DIR),
-                    f"trl=={TRL_VERSION}"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(TRL_DIR),
+            f"trl=={TRL_VERSION}",
+        ],
+        check=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,32 +146,56 @@ def _ours(args, work: Path) -> dict:
     common.tracker = timed_tracker
     out = work / "ours-out"
     micro = args.batch // args.mini_batches
-    cfg = load_config(ppo.PPOConfig, None, extra={
-        "output_dir": str(out), "seed": 0, "max_steps": args.steps, "eval_steps": 0,
-        "model": {"name_or_path": args.model, "dtype": "float32", "gradient_checkpointing": False},
-        "data": {"prompts": [str(work / "prompts.jsonl")], "chat_template": True},
-        "rollout": {"batch_size": args.batch, "max_new_tokens": args.response_length, "temperature": 1.0,
-                    "top_k": 0, "top_p": 1.0, "generation_batch_size": args.batch, "missing_eos_score": None,
-                    "log_samples_every": 0},
-        "reward": {"model": str(work / "reward"), "normalize": False, "functions": [], "whiten": False},
-        "kl": {"coef": KL_COEF, "controller": "fixed", "estimator": "k1", "in_loss": False},
-        "critic": {"init_from": resolve_model_path(args.model), "lr": None},
-        "ppo": {"epochs": args.epochs, "clip_eps": 0.2, "value_clip_eps": 0.2, "vf_coef": 0.1, "entropy_coef": 0.0,
-                "gamma": 1.0, "lam": 0.95, "whiten_advantages": True, "target_kl": None},
-        "reference": "copy",
-        "optim": {"lr": LR, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 0.0},
-        "batch": {"micro_batch_size": micro, "grad_accum": 1},
-        "precision": {"mixed_precision": "no"},
-        "checkpoint": {"save_steps": 0},
-        "tracking": {"mode": "disabled", "progress": False},
-    })
+    cfg = load_config(
+        ppo.PPOConfig,
+        None,
+        extra={
+            "output_dir": str(out),
+            "seed": 0,
+            "max_steps": args.steps,
+            "eval_steps": 0,
+            "model": {"name_or_path": args.model, "dtype": "float32", "gradient_checkpointing": False},
+            "data": {"prompts": [str(work / "prompts.jsonl")], "chat_template": True},
+            "rollout": {
+                "batch_size": args.batch,
+                "max_new_tokens": args.response_length,
+                "temperature": 1.0,
+                "top_k": 0,
+                "top_p": 1.0,
+                "generation_batch_size": args.batch,
+                "missing_eos_score": None,
+                "log_samples_every": 0,
+            },
+            "reward": {"model": str(work / "reward"), "normalize": False, "functions": [], "whiten": False},
+            "kl": {"coef": KL_COEF, "controller": "fixed", "estimator": "k1", "in_loss": False},
+            "critic": {"init_from": resolve_model_path(args.model), "lr": None},
+            "ppo": {
+                "epochs": args.epochs,
+                "clip_eps": 0.2,
+                "value_clip_eps": 0.2,
+                "vf_coef": 0.1,
+                "entropy_coef": 0.0,
+                "gamma": 1.0,
+                "lam": 0.95,
+                "whiten_advantages": True,
+                "target_kl": None,
+            },
+            "reference": "copy",
+            "optim": {"lr": LR, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 0.0},
+            "batch": {"micro_batch_size": micro, "grad_accum": 1},
+            "precision": {"mixed_precision": "no"},
+            "checkpoint": {"save_steps": 0},
+            "tracking": {"mode": "disabled", "progress": False},
+        },
+    )
     ppo.run(cfg)
     rows = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8")]
     rows = [r for r in rows if "rollout_s" in r]
     if len(rows) != len(ends):
         raise RuntimeError(f"{len(rows)} metric rows for {len(ends)} steps")
-    return _step_stats(ends, [r["rollout_s"] for r in rows], [r["update_s"] for r in rows],
-                       [r["response_length"] for r in rows])
+    return _step_stats(
+        ends, [r["rollout_s"] for r in rows], [r["update_s"] for r in rows], [r["response_length"] for r in rows]
+    )
 
 
 def _trl(args, work: Path) -> dict:
@@ -181,13 +217,19 @@ def _trl(args, work: Path) -> dict:
     # Our tokenizer set-up (pad distinct from EOS: TRL masks by `token != pad`), left-padded queries.
     tokenizer = load_tokenizer(ModelConfig(name_or_path=args.model), padding_side="left")
     prompts = [json.loads(line)["prompt"] for line in open(work / "prompts.jsonl", encoding="utf-8")]
-    dataset = Dataset.from_dict({"input_ids": [
-        tokenizer(render_prompt(tokenizer, p, True), add_special_tokens=False)["input_ids"] for p in prompts]})
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": [
+                tokenizer(render_prompt(tokenizer, p, True), add_special_tokens=False)["input_ids"] for p in prompts
+            ]
+        }
+    )
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     policy.generation_config.pad_token_id = tokenizer.pad_token_id  # finished rows are padded, not EOS-filled
     value_model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(work / "reward", num_labels=1,
-                                                                      dtype=torch.float32)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(
+        work / "reward", num_labels=1, dtype=torch.float32
+    )
 
     # Timing hooks. TRL's train loop calls no on_step_begin, only on_step_end (once per PPO step);
     # the rollout starts where it unwraps the policy for generation and ends with the advantage
@@ -228,25 +270,64 @@ def _trl(args, work: Path) -> dict:
     ppo_module.truncate_response = measured_truncate
 
     config = PPOConfig(
-        output_dir=str(work / "trl-out"), seed=0, total_episodes=args.steps * args.batch,
-        per_device_train_batch_size=args.batch, gradient_accumulation_steps=1, num_mini_batches=args.mini_batches,
-        num_ppo_epochs=args.epochs, local_rollout_forward_batch_size=args.batch,
-        response_length=args.response_length, temperature=1.0, stop_token="eos", missing_eos_penalty=None,
-        kl_coef=KL_COEF, kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
-        whiten_rewards=False, learning_rate=LR, lr_scheduler_type="constant", optim="adamw_torch",
-        weight_decay=0.0, num_sample_generations=0, save_strategy="no", eval_strategy="no", report_to="none",
-        logging_steps=10**6, disable_tqdm=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        output_dir=str(work / "trl-out"),
+        seed=0,
+        total_episodes=args.steps * args.batch,
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        num_mini_batches=args.mini_batches,
+        num_ppo_epochs=args.epochs,
+        local_rollout_forward_batch_size=args.batch,
+        response_length=args.response_length,
+        temperature=1.0,
+        stop_token="eos",
+        missing_eos_penalty=None,
+        kl_coef=KL_COEF,
+        kl_estimator="k1",
+        cliprange=0.2,
+        cliprange_value=0.2,
+        vf_coef=0.1,
+        gamma=1.0,
+        lam=0.95,
+        whiten_rewards=False,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        weight_decay=0.0,
+        num_sample_generations=0,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
     )
-    trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=None,
-                         reward_model=reward_model, train_dataset=dataset, value_model=value_model,
-                         callbacks=[StepEnd()])
+    trainer = PPOTrainer(
+        args=config,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=None,
+        reward_model=reward_model,
+        train_dataset=dataset,
+        value_model=value_model,
+        callbacks=[StepEnd()],
+    )
     trainer.train()
     if not (len(starts) == len(whitened) == len(ends) == args.steps):
-        raise RuntimeError(f"timing hooks saw {len(starts)} rollouts, {len(whitened)} whitenings, "
-                           f"{len(ends)} step ends for {args.steps} steps")
-    return _step_stats(ends, [w - s for s, w in zip(starts, whitened)], [e - w for w, e in zip(whitened, ends)],
-                       [statistics.mean(lengths[i]) for i in range(len(ends))])
+        raise RuntimeError(
+            f"timing hooks saw {len(starts)} rollouts, {len(whitened)} whitenings, "
+            f"{len(ends)} step ends for {args.steps} steps"
+        )
+    return _step_stats(
+        ends,
+        [w - s for s, w in zip(starts, whitened)],
+        [e - w for w, e in zip(whitened, ends)],
+        [statistics.mean(lengths[i]) for i in range(len(ends))],
+    )
 
 
 def _child(args) -> None:
@@ -263,9 +344,26 @@ def _child(args) -> None:
 
 
 def _spawn(args, framework: str, work: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", framework, "--workdir", str(work), "--model", args.model,
-           "--steps", str(args.steps), "--batch", str(args.batch), "--response-length", str(args.response_length),
-           "--epochs", str(args.epochs), "--mini-batches", str(args.mini_batches)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        framework,
+        "--workdir",
+        str(work),
+        "--model",
+        args.model,
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--response-length",
+        str(args.response_length),
+        "--epochs",
+        str(args.epochs),
+        "--mini-batches",
+        str(args.mini_batches),
+    ]
     env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1")
     env.setdefault("WANDB_MODE", "disabled")
     if framework == "trl":
@@ -274,7 +372,7 @@ def _spawn(args, framework: str, work: Path) -> dict:
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{framework} run failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def bench(args) -> dict:
@@ -299,48 +397,79 @@ def bench(args) -> dict:
 
     table = {}
     for framework, results in runs.items():
+
         def med(key: str, results=results) -> float:
             return statistics.median(r[key] for r in results)
 
         gpu = [r["peak_gpu_bytes"] for r in results if r.get("peak_gpu_bytes") is not None]
-        table[framework] = {"steps_per_s": 1.0 / med("step_time_s"), "step_s": med("step_time_s"),
-                            "rollout_s": med("rollout_s"), "update_s": med("update_s"),
-                            "response_tokens": med("response_tokens"),
-                            # generated tokens per second: the sides sample different lengths
-                            "tokens_per_s": med("response_tokens") * args.batch / med("step_time_s"),
-                            "peak_rss_mib": med("peak_rss_bytes") / 2**20,
-                            "peak_gpu_mib": statistics.median(gpu) / 2**20 if gpu else None}
+        table[framework] = {
+            "steps_per_s": 1.0 / med("step_time_s"),
+            "step_s": med("step_time_s"),
+            "rollout_s": med("rollout_s"),
+            "update_s": med("update_s"),
+            "response_tokens": med("response_tokens"),
+            # generated tokens per second: the sides sample different lengths
+            "tokens_per_s": med("response_tokens") * args.batch / med("step_time_s"),
+            "peak_rss_mib": med("peak_rss_bytes") / 2**20,
+            "peak_gpu_mib": statistics.median(gpu) / 2**20 if gpu else None,
+        }
     mini = args.batch // args.mini_batches
-    print(f"PPO {args.model}: {args.batch} prompts per step ({prepared['prompts']} distinct, chat template), "
-          f"responses <= {args.response_length} tokens at temperature 1.0, {args.epochs} PPO epochs x "
-          f"{args.mini_batches} mini-batch(es) of {mini} = {args.epochs * args.mini_batches} optimizer steps per PPO "
-          f"step; fp32, AdamW lr {LR:g} constant, no grad clipping, kl_coef {KL_COEF} (k1), vf_coef 0.1, "
-          f"critic + reward model = policy weights + new scalar head, frozen reference copy")
-    print(f"{args.steps} PPO steps ({WARMUP_STEPS} warm-up not timed), median of {args.repeats} run(s) each; "
-          f"trl {TRL_VERSION} (trl.experimental.ppo.PPOTrainer)")
+    print(
+        f"PPO {args.model}: {args.batch} prompts per step ({prepared['prompts']} distinct, chat template), "
+        f"responses <= {args.response_length} tokens at temperature 1.0, {args.epochs} PPO epochs x "
+        f"{args.mini_batches} mini-batch(es) of {mini} = {args.epochs * args.mini_batches} optimizer steps per PPO "
+        f"step; fp32, AdamW lr {LR:g} constant, no grad clipping, kl_coef {KL_COEF} (k1), vf_coef 0.1, "
+        f"critic + reward model = policy weights + new scalar head, frozen reference copy"
+    )
+    print(
+        f"{args.steps} PPO steps ({WARMUP_STEPS} warm-up not timed), median of {args.repeats} run(s) each; "
+        f"trl {TRL_VERSION} (trl.experimental.ppo.PPOTrainer)"
+    )
     gpu = all(row["peak_gpu_mib"] is not None for row in table.values())
-    print(f"{'':8}{'updates/s':>10}{'step s':>9}{'rollout s':>11}{'update s':>10}{'resp tok':>10}{'peak RSS MiB':>14}"
-          + (f"{'peak GPU MiB':>14}" if gpu else ""))
+    print(
+        f"{'':8}{'updates/s':>10}{'step s':>9}{'rollout s':>11}{'update s':>10}{'resp tok':>10}{'peak RSS MiB':>14}"
+        + (f"{'peak GPU MiB':>14}" if gpu else "")
+    )
     for framework, row in table.items():
-        print(f"{framework:8}{row['steps_per_s']:>10.3f}{row['step_s']:>9.2f}{row['rollout_s']:>11.2f}"
-              f"{row['update_s']:>10.2f}{row['response_tokens']:>10.1f}{row['peak_rss_mib']:>14.0f}"
-              + (f"{row['peak_gpu_mib']:>14.0f}" if gpu else ""))
-    print("(step s = wall time between step ends, everything included; rollout s: ours = generation + reward + "
-          "log-probs/values/reference, TRL adds reward shaping + GAE + whitening; update s: ours = shaping + GAE + "
-          "PPO epochs, TRL = PPO epochs + metric gathering; resp tok = mean response length incl. EOS)")
+        print(
+            f"{framework:8}{row['steps_per_s']:>10.3f}{row['step_s']:>9.2f}{row['rollout_s']:>11.2f}"
+            f"{row['update_s']:>10.2f}{row['response_tokens']:>10.1f}{row['peak_rss_mib']:>14.0f}"
+            + (f"{row['peak_gpu_mib']:>14.0f}" if gpu else "")
+        )
+    print(
+        "(step s = wall time between step ends, everything included; rollout s: ours = generation + reward + "
+        "log-probs/values/reference, TRL adds reward shaping + GAE + whitening; update s: ours = shaping + GAE + "
+        "PPO epochs, TRL = PPO epochs + metric gathering; resp tok = mean response length incl. EOS)"
+    )
     ours, trl = table["ours"], table["trl"]
     memory, memory_kind = bench_report.memory_ratio(ours, trl)
     result = {
-        "comparison": "ppo", "baseline": f"TRL {TRL_VERSION}", "unit": "updates/s", "ours": ours, "trl": trl,
-        "ratio": {"steps_per_s": bench_report.ratio(ours["steps_per_s"], trl["steps_per_s"]),
-                  "tokens_per_s": bench_report.ratio(ours["tokens_per_s"], trl["tokens_per_s"]),
-                  "peak_memory": memory, "memory": memory_kind},
-        "settings": {"model": args.model, "batch": args.batch, "response_length": args.response_length,
-                     "epochs": args.epochs, "mini_batches": args.mini_batches, "steps": args.steps,
-                     "warmup_steps": WARMUP_STEPS, "repeats": args.repeats},
+        "comparison": "ppo",
+        "baseline": f"TRL {TRL_VERSION}",
+        "unit": "updates/s",
+        "ours": ours,
+        "trl": trl,
+        "ratio": {
+            "steps_per_s": bench_report.ratio(ours["steps_per_s"], trl["steps_per_s"]),
+            "tokens_per_s": bench_report.ratio(ours["tokens_per_s"], trl["tokens_per_s"]),
+            "peak_memory": memory,
+            "memory": memory_kind,
+        },
+        "settings": {
+            "model": args.model,
+            "batch": args.batch,
+            "response_length": args.response_length,
+            "epochs": args.epochs,
+            "mini_batches": args.mini_batches,
+            "steps": args.steps,
+            "warmup_steps": WARMUP_STEPS,
+            "repeats": args.repeats,
+        },
     }
-    print(f"ratio ours/trl: updates/s x{result['ratio']['steps_per_s']:.2f}, "
-          f"generated tokens/s x{result['ratio']['tokens_per_s']:.2f}, peak memory ({memory_kind}) x{memory:.2f}")
+    print(
+        f"ratio ours/trl: updates/s x{result['ratio']['steps_per_s']:.2f}, "
+        f"generated tokens/s x{result['ratio']['tokens_per_s']:.2f}, peak memory ({memory_kind}) x{memory:.2f}"
+    )
     return result
 
 

@@ -26,8 +26,17 @@ from typing import Optional
 START = "<!-- bench:all:start -->"
 END = "<!-- bench:all:end -->"
 
-COLUMNS = ["comparison", "baseline", "unit", "ours", "baseline /s", "throughput ours/base",
-           "tokens/s ours/base", "peak memory ours/base", "settings"]
+COLUMNS = [
+    "comparison",
+    "baseline",
+    "unit",
+    "ours",
+    "baseline /s",
+    "throughput ours/base",
+    "tokens/s ours/base",
+    "peak memory ours/base",
+    "settings",
+]
 ALIGN = ["---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---"]
 
 
@@ -85,10 +94,17 @@ def format_table(results: list[dict]) -> str:
         else:
             r = result["ratio"]
             memory = _times(r["peak_memory"]) + (f" ({r['memory']})" if r["peak_memory"] is not None else "")
-            cells = [result["comparison"], result["baseline"], result["unit"],
-                     _number(result["ours"]["steps_per_s"]), _number(result["trl"]["steps_per_s"]),
-                     _times(r["steps_per_s"]), _times(r["tokens_per_s"]), memory,
-                     format_settings(result["settings"])]
+            cells = [
+                result["comparison"],
+                result["baseline"],
+                result["unit"],
+                _number(result["ours"]["steps_per_s"]),
+                _number(result["trl"]["steps_per_s"]),
+                _times(r["steps_per_s"]),
+                _times(r["tokens_per_s"]),
+                memory,
+                format_settings(result["settings"]),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -130,37 +146,58 @@ def machine_info() -> dict:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    return {"cpu": cpu, "cores": cores, "ram_gib": None if ram is None else ram / 2**30, "gpu": gpu,
-            "python": platform.python_version(), "torch": version("torch"),
-            "transformers": version("transformers"), "trl": version("trl"),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "ram_gib": None if ram is None else ram / 2**30,
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+        "trl": version("trl"),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 def format_machine(machine: dict, ppo_trl: Optional[str] = None) -> str:
     ram = "RAM unknown" if machine.get("ram_gib") is None else f"{machine['ram_gib']:.0f} GiB RAM"
     trl = f"trl {machine['trl']}" + (f" (trl {ppo_trl} for PPO)" if ppo_trl else "")
-    return (f"{machine['cpu']}, {machine['cores']} cores, {ram}, GPU: {machine.get('gpu') or 'none'}; "
-            f"Python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}, "
-            f"{trl}; {machine['date']}")
+    return (
+        f"{machine['cpu']}, {machine['cores']} cores, {ram}, GPU: {machine.get('gpu') or 'none'}; "
+        f"Python {machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}, "
+        f"{trl}; {machine['date']}"
+    )
 
 
 def render_block(table: str, machine: str, command: str, quick: bool) -> str:
     """The whole marked block, markers included, without a trailing newline."""
-    lines = [START,
-             "<!-- Written by `python scripts/bench.py all --write ...`; edits inside this block are overwritten. -->",
-             "", "## All comparisons in one run", ""]
+    lines = [
+        START,
+        "<!-- Written by `python scripts/bench.py all --write ...`; edits inside this block are overwritten. -->",
+        "",
+        "## All comparisons in one run",
+        "",
+    ]
     if quick:
-        lines += ["**Quick smoke run (`--quick`: few steps, 1 repeat). Not a measurement; do not quote "
-                  "these numbers.**", ""]
-    lines += [f"`{command}`", "", table, "",
-              f"Machine: {machine}.", "",
-              "Ratios are ours / baseline (throughput above 1 = we are faster, memory below 1 = we use "
-              "less). Each side runs in fresh processes, alternating; medians over the repeats. "
-              "PPO throughput is PPO updates (one rollout batch + its epochs) per second and its tokens "
-              "are generated response tokens; DPO tokens are chosen + rejected reply tokens; RM counts "
-              "no tokens. Memory is peak GPU memory where both sides ran on a GPU, else peak RSS of "
-              "the process. The per-stage sections below explain each setting.",
-              END]
+        lines += [
+            "**Quick smoke run (`--quick`: few steps, 1 repeat). Not a measurement; do not quote these numbers.**",
+            "",
+        ]
+    lines += [
+        f"`{command}`",
+        "",
+        table,
+        "",
+        f"Machine: {machine}.",
+        "",
+        "Ratios are ours / baseline (throughput above 1 = we are faster, memory below 1 = we use "
+        "less). Each side runs in fresh processes, alternating; medians over the repeats. "
+        "PPO throughput is PPO updates (one rollout batch + its epochs) per second and its tokens "
+        "are generated response tokens; DPO tokens are chosen + rejected reply tokens; RM counts "
+        "no tokens. Memory is peak GPU memory where both sides ran on a GPU, else peak RSS of "
+        "the process. The per-stage sections below explain each setting.",
+        END,
+    ]
     return "\n".join(lines)
 
 
@@ -192,4 +229,4 @@ def replace_block(text: str, block: str) -> str:
         return before + block + ("\n\n" if after else "\n") + after
     if start == -1 or end == -1 or end < start or text.count(START) > 1 or text.count(END) > 1:
         raise ValueError(f"malformed bench block: expected one {START} followed by one {END}")
-    return text[:start] + block + text[end + len(END):]
+    return text[:start] + block + text[end + len(END) :]

@@ -1,6 +1,6 @@
 """Entry point for distributed launches; all logic lives in rlhf.cli.main.
 
-    accelerate launch --config_file configs/accelerate/zero2.yaml scripts/train.py sft --config configs/sft/tiny.yaml
+accelerate launch --config_file configs/accelerate/zero2.yaml scripts/train.py sft --config configs/sft/tiny.yaml
 """
 
 import sys

@@ -23,24 +23,50 @@ def sft_overrides(output_dir: Path, *extra: str) -> list[str]:
 
 
 # The tiny pipeline preset shortened to seconds a stage (keys of configs/pipeline/tiny.yaml).
-PIPELINE_SHORT = ["tracking_mode=disabled", "sft.tracking.progress=false", "rm.tracking.progress=false",
-                  "ppo.tracking.progress=false", "dpo.tracking.progress=false",
-                  "sft.max_steps=40", "sft.eval_steps=0", "sft.data.train=['builtin:judged-sft-mixed?n=400']",
-                  "rm.max_steps=30", "rm.eval_steps=0", "rm.data.train=['builtin:judged-pairwise?n=300']",
-                  "rm.data.eval=['builtin:judged-pairwise?n=40&seed=99']", "rm.normalize.data='builtin:judged-sft-mixed?n=40&seed=7'",
-                  "ppo.max_steps=3", "ppo.rollout.batch_size=16", "ppo.rollout.max_new_tokens=12",
-                  "ppo.data.prompts=['builtin:judged-prompts?n=100']", "ppo.ppo.epochs=1",
-                  "dpo.max_steps=10", "dpo.eval_steps=0", "dpo.data.train=['builtin:judged-pairwise?n=200']",
-                  "dpo.data.eval=['builtin:judged-pairwise?n=20&seed=99']",
-                  "eval.prompts='builtin:judged-prompts?n=12&seed=4242'", "eval.seeds=[0,1]", "eval.max_new_tokens=12"]
+PIPELINE_SHORT = [
+    "tracking_mode=disabled",
+    "sft.tracking.progress=false",
+    "rm.tracking.progress=false",
+    "ppo.tracking.progress=false",
+    "dpo.tracking.progress=false",
+    "sft.max_steps=40",
+    "sft.eval_steps=0",
+    "sft.data.train=['builtin:judged-sft-mixed?n=400']",
+    "rm.max_steps=30",
+    "rm.eval_steps=0",
+    "rm.data.train=['builtin:judged-pairwise?n=300']",
+    "rm.data.eval=['builtin:judged-pairwise?n=40&seed=99']",
+    "rm.normalize.data='builtin:judged-sft-mixed?n=40&seed=7'",
+    "ppo.max_steps=3",
+    "ppo.rollout.batch_size=16",
+    "ppo.rollout.max_new_tokens=12",
+    "ppo.data.prompts=['builtin:judged-prompts?n=100']",
+    "ppo.ppo.epochs=1",
+    "dpo.max_steps=10",
+    "dpo.eval_steps=0",
+    "dpo.data.train=['builtin:judged-pairwise?n=200']",
+    "dpo.data.eval=['builtin:judged-pairwise?n=20&seed=99']",
+    "eval.prompts='builtin:judged-prompts?n=12&seed=4242'",
+    "eval.seeds=[0,1]",
+    "eval.max_new_tokens=12",
+]
 
 
 def launch_command(config_file: str | None, num_processes: int, port: int) -> list[str]:
     """`accelerate launch` arguments that really give N CPU processes (see DESIGN.md)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if config_file is None:
-        cmd += ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd += [
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
     else:
         cmd += ["--config_file", config_file, "--num_processes", str(num_processes)]
     return cmd + ["--main_process_port", str(port), str(REPO / "scripts" / "train.py")]
@@ -88,8 +114,9 @@ def point_eos_along_mean_hidden(model, tokenizer, prompts, scale: float = 1.0):
 
     from rlhf.rollout.sampling import render_prompt
 
-    enc = tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False,
-                    padding=True, return_tensors="pt")
+    enc = tokenizer(
+        [render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False, padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
         direction = hidden[enc["attention_mask"].bool()].mean(0)

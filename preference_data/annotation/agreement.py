@@ -89,8 +89,10 @@ def _group_votes(records: Iterable, duplicates: list[dict] | None = None) -> dic
         if kind is None:
             kind = type(record)
         elif type(record) is not kind:
-            raise TypeError(f"records of one kind are merged at a time: {kind.__name__} and "
-                            f"{type(record).__name__} ({record.source}:{record.line})")
+            raise TypeError(
+                f"records of one kind are merged at a time: {kind.__name__} and "
+                f"{type(record).__name__} ({record.source}:{record.line})"
+            )
         key = item_key(record)
         item = items.setdefault(key, {"responses": responses, "records": [], "by_voter": {}})
         item["records"].append(record)
@@ -128,7 +130,9 @@ def merge_annotators(records: Iterable) -> tuple[list, MergeReport]:
         responses, by_voter = item["responses"], item["by_voter"]
         first = item["records"][0]
         entry = {
-            "item": key, "prompt": prompt_key(first.prompt), "responses": list(responses),
+            "item": key,
+            "prompt": prompt_key(first.prompt),
+            "responses": list(responses),
             "votes": {who: _label(r, responses) for who, r in by_voter.items()},
             "sources": [f"{r.source}:{r.line}" for r in item["records"]],
         }
@@ -181,7 +185,7 @@ def positions(ranks: Sequence[int]) -> list[float]:
         end = start
         while end + 1 < len(order) and ranks[order[end + 1]] == ranks[order[start]]:
             end += 1
-        for i in order[start:end + 1]:
+        for i in order[start : end + 1]:
             result[i] = (start + end) / 2
         start = end + 1
     return result
@@ -194,6 +198,7 @@ def per_annotator_counts(records: Iterable) -> dict[str, int]:
 
 
 # --- agreement ----------------------------------------------------------------------------------
+
 
 def cohen_kappa(labels_a: Sequence[Hashable], labels_b: Sequence[Hashable]) -> float:
     """Cohen's kappa of two annotators' labels of the same units: (p_o - p_e) / (1 - p_e).
@@ -260,8 +265,16 @@ def agreement(records: Iterable) -> dict:
                     label = TIE if ranks[i] == ranks[j] else FIRST if ranks[i] < ranks[j] else SECOND
                     labels[(key, i, j)][who] = label
     annotators = sorted({who for unit in labels.values() for who in unit})
-    result = {"method": None, "kappa": None, "observed_agreement": None, "annotators": annotators,
-              "raters_per_unit": None, "units": 0, "units_total": len(labels), "categories": []}
+    result = {
+        "method": None,
+        "kappa": None,
+        "observed_agreement": None,
+        "annotators": annotators,
+        "raters_per_unit": None,
+        "units": 0,
+        "units_total": len(labels),
+        "categories": [],
+    }
     rated = [unit for unit in labels.values() if len(unit) >= 2]
     if len(annotators) < 2 or not rated:
         return result
@@ -279,7 +292,10 @@ def agreement(records: Iterable) -> dict:
         kappa = fleiss_kappa(table)
         method = "fleiss"
     result.update(
-        method=method, kappa=kappa, raters_per_unit=n, units=len(used),
+        method=method,
+        kappa=kappa,
+        raters_per_unit=n,
+        units=len(used),
         observed_agreement=sum(len(set(u.values())) == 1 for u in used) / len(used),
         categories=_categories(used),
     )

@@ -166,9 +166,7 @@ class AnnotateHandler(BaseHTTPRequestHandler):
         elif path == "/api/judgements":
             body = self._read_json(JUDGEMENT_FIELDS, required={"task_id", "ranks"})
             ranks = body["ranks"]
-            if not isinstance(ranks, list) or not all(
-                isinstance(r, int) and not isinstance(r, bool) for r in ranks
-            ):
+            if not isinstance(ranks, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
                 raise HTTPError(400, "ranks must be a list of integers")
             comment = body.get("comment")
             if comment is not None and not isinstance(comment, str):
@@ -313,8 +311,9 @@ class AnnotateServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
 
-def make_server(store, host: str = "127.0.0.1", port: int = 8080, per_task: int = 1,
-                quiet: bool = False) -> ThreadingHTTPServer:
+def make_server(
+    store, host: str = "127.0.0.1", port: int = 8080, per_task: int = 1, quiet: bool = False
+) -> ThreadingHTTPServer:
     """Bind the workbench on (host, port) (port 0 = ephemeral); call `serve_forever` to run it."""
     if per_task < 1:
         raise ValueError("per_task must be >= 1")

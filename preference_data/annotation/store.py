@@ -135,14 +135,16 @@ class AnnotationStore:
             tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
             if tables:
                 conn.close()
-                raise AnnotationError(f"{self.path}: an SQLite database of something else "
-                                      "(tables but no annotation schema version)", 400)
+                raise AnnotationError(
+                    f"{self.path}: an SQLite database of something else (tables but no annotation schema version)", 400
+                )
             with self._transaction():
                 conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
         elif version != SCHEMA_VERSION:
             conn.close()
-            raise AnnotationError(f"{self.path}: annotation schema version {version}, this code reads "
-                                  f"version {SCHEMA_VERSION}", 400)
+            raise AnnotationError(
+                f"{self.path}: annotation schema version {version}, this code reads version {SCHEMA_VERSION}", 400
+            )
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -188,8 +190,10 @@ class AnnotationStore:
         return row
 
     def _check_annotator(self, conn, annotator) -> None:
-        if not isinstance(annotator, str) or conn.execute(
-                "SELECT 1 FROM annotators WHERE name = ?", (annotator,)).fetchone() is None:
+        if (
+            not isinstance(annotator, str)
+            or conn.execute("SELECT 1 FROM annotators WHERE name = ?", (annotator,)).fetchone() is None
+        ):
             raise AnnotationError(f"unknown annotator {annotator!r}", 400)
 
     # --- tasks -------------------------------------------------------------------------------
@@ -214,16 +218,20 @@ class AnnotationStore:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as err:
-                raise AnnotationError(f"{where}: invalid JSON ({err.msg}, column {err.colno}); expected one "
-                                      'JSON object per line: {"id"?, "prompt", "responses"}', 400) from None
+                raise AnnotationError(
+                    f"{where}: invalid JSON ({err.msg}, column {err.colno}); expected one "
+                    'JSON object per line: {"id"?, "prompt", "responses"}',
+                    400,
+                ) from None
             task_id, prompt, responses = check_task(data, where)
             task_id = task_id if task_id is not None else f"{name}:{number}"
             prompt = _jsonable_prompt(prompt)
             digest = _digest(prompt, responses)
             if task_id in seen:
                 if seen[task_id][0] != digest:
-                    raise AnnotationError(f"{where}: task id {task_id!r} already given with other content "
-                                          f"at {seen[task_id][1]}", 409)
+                    raise AnnotationError(
+                        f"{where}: task id {task_id!r} already given with other content at {seen[task_id][1]}", 409
+                    )
                 continue
             seen[task_id] = (digest, where)
             parsed.append((task_id, prompt, responses, digest, where))
@@ -233,13 +241,23 @@ class AnnotationStore:
                 row = conn.execute("SELECT digest, source FROM tasks WHERE id = ?", (task_id,)).fetchone()
                 if row is not None:
                     if row[0] != digest:
-                        raise AnnotationError(f"{where}: task {task_id!r} is already in the database with other "
-                                              f"content (imported from {row[1]})", 409)
+                        raise AnnotationError(
+                            f"{where}: task {task_id!r} is already in the database with other "
+                            f"content (imported from {row[1]})",
+                            409,
+                        )
                     continue
-                conn.execute("INSERT INTO tasks (id, prompt, responses, digest, source, created_at) "
-                             "VALUES (?, ?, ?, ?, ?, ?)",
-                             (task_id, json.dumps(prompt, ensure_ascii=False),
-                              json.dumps(list(responses), ensure_ascii=False), digest, where, _now()))
+                conn.execute(
+                    "INSERT INTO tasks (id, prompt, responses, digest, source, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        task_id,
+                        json.dumps(prompt, ensure_ascii=False),
+                        json.dumps(list(responses), ensure_ascii=False),
+                        digest,
+                        where,
+                        _now(),
+                    ),
+                )
                 added += 1
         return added
 
@@ -250,14 +268,19 @@ class AnnotationStore:
         if not isinstance(name, str) or not name.strip():
             raise AnnotationError(f"annotator name must be a non-empty string, got {name!r}", 400)
         if name != name.strip() or len(name) > MAX_NAME or any(not c.isprintable() for c in name):
-            raise AnnotationError(f"annotator name {name!r} must be printable, without leading or trailing "
-                                  f"spaces, at most {MAX_NAME} characters", 400)
+            raise AnnotationError(
+                f"annotator name {name!r} must be printable, without leading or trailing "
+                f"spaces, at most {MAX_NAME} characters",
+                400,
+            )
         token = secrets.token_urlsafe(32)
         with self._transaction(begin=True) as conn:
             if conn.execute("SELECT 1 FROM annotators WHERE name = ?", (name,)).fetchone():
                 raise AnnotationError(f"annotator {name!r} already exists", 409)
-            conn.execute("INSERT INTO annotators (name, token_hash, created_at) VALUES (?, ?, ?)",
-                         (name, _hash_token(token), _now()))
+            conn.execute(
+                "INSERT INTO annotators (name, token_hash, created_at) VALUES (?, ?, ?)",
+                (name, _hash_token(token), _now()),
+            )
         return token
 
     def authenticate(self, token) -> str | None:
@@ -288,8 +311,10 @@ class AnnotationStore:
         fewer than `per_task` judgements; None when there is none."""
         per_task = self._per_task(per_task)
         with self._transaction() as conn:
-            row = conn.execute("SELECT t.id, t.prompt, t.responses " + self._AVAILABLE + " ORDER BY t.seq LIMIT 1",
-                               {"me": annotator, "per_task": per_task}).fetchone()
+            row = conn.execute(
+                "SELECT t.id, t.prompt, t.responses " + self._AVAILABLE + " ORDER BY t.seq LIMIT 1",
+                {"me": annotator, "per_task": per_task},
+            ).fetchone()
         if row is None:
             return None
         return {"task_id": row[0], "prompt": json.loads(row[1]), "responses": json.loads(row[2])}
@@ -318,16 +343,22 @@ class AnnotationStore:
             if len(set(ranks)) == 1:
                 # A judgement that prefers nothing is not a preference record (load_kind refuses it);
                 # the annotator should skip the task instead.
-                raise AnnotationError(f"all {k} ranks are equal: no preference; rank at least one response "
-                                      "above another, or skip the task", 400)
+                raise AnnotationError(
+                    f"all {k} ranks are equal: no preference; rank at least one response "
+                    "above another, or skip the task",
+                    400,
+                )
             ranks = [int(r) for r in ranks]
-            if conn.execute("SELECT 1 FROM judgements WHERE task_id = ? AND annotator = ?",
-                            (task_id, annotator)).fetchone():
+            if conn.execute(
+                "SELECT 1 FROM judgements WHERE task_id = ? AND annotator = ?", (task_id, annotator)
+            ).fetchone():
                 raise AnnotationError(f"{annotator!r} has already judged task {task_id!r}", 409)
             created = _now()
             try:
-                conn.execute("INSERT INTO judgements (task_id, annotator, ranks, comment, created_at) "
-                             "VALUES (?, ?, ?, ?, ?)", (task_id, annotator, json.dumps(ranks), comment, created))
+                conn.execute(
+                    "INSERT INTO judgements (task_id, annotator, ranks, comment, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (task_id, annotator, json.dumps(ranks), comment, created),
+                )
             except sqlite3.IntegrityError:
                 raise AnnotationError(f"{annotator!r} has already judged task {task_id!r}", 409) from None
         return {"task_id": task_id, "annotator": annotator, "ranks": ranks, "created_at": created}
@@ -337,11 +368,14 @@ class AnnotationStore:
         with self._transaction(begin=True) as conn:
             self._check_annotator(conn, annotator)
             self._task_row(conn, task_id)
-            if conn.execute("SELECT 1 FROM judgements WHERE task_id = ? AND annotator = ?",
-                            (task_id, annotator)).fetchone():
+            if conn.execute(
+                "SELECT 1 FROM judgements WHERE task_id = ? AND annotator = ?", (task_id, annotator)
+            ).fetchone():
                 raise AnnotationError(f"{annotator!r} has already judged task {task_id!r}; it cannot be skipped", 409)
-            conn.execute("INSERT OR IGNORE INTO skips (task_id, annotator, created_at) VALUES (?, ?, ?)",
-                         (task_id, annotator, _now()))
+            conn.execute(
+                "INSERT OR IGNORE INTO skips (task_id, annotator, created_at) VALUES (?, ?, ?)",
+                (task_id, annotator, _now()),
+            )
 
     def progress(self, annotator, per_task: int = 1) -> dict:
         per_task = self._per_task(per_task)
@@ -349,12 +383,12 @@ class AnnotationStore:
             one = lambda sql, *args: conn.execute(sql, args).fetchone()[0]  # noqa: E731
             judged = one("SELECT count(*) FROM judgements WHERE annotator = ?", annotator)
             skipped = one("SELECT count(*) FROM skips WHERE annotator = ?", annotator)
-            remaining = conn.execute("SELECT count(*) " + self._AVAILABLE,
-                                     {"me": annotator, "per_task": per_task}).fetchone()[0]
+            remaining = conn.execute(
+                "SELECT count(*) " + self._AVAILABLE, {"me": annotator, "per_task": per_task}
+            ).fetchone()[0]
             tasks = one("SELECT count(*) FROM tasks")
             judgements = one("SELECT count(*) FROM judgements")
-        return {"judged": judged, "skipped": skipped, "remaining": remaining, "tasks": tasks,
-                "judgements": judgements}
+        return {"judged": judged, "skipped": skipped, "remaining": remaining, "tasks": tasks, "judgements": judgements}
 
     def count_judgements(self) -> int:
         with self._transaction() as conn:
@@ -366,14 +400,16 @@ class AnnotationStore:
         with self._transaction() as conn:
             rows = conn.execute(
                 "SELECT j.id, j.task_id, t.prompt, t.responses, j.ranks, j.annotator FROM judgements j "
-                "JOIN tasks t ON t.id = j.task_id ORDER BY t.seq, j.id").fetchall()
+                "JOIN tasks t ON t.id = j.task_id ORDER BY t.seq, j.id"
+            ).fetchall()
         out = []
         for jid, task_id, prompt, responses, ranks, annotator in rows:
             prompt = json.loads(prompt)
             prompt = prompt if isinstance(prompt, str) else tuple(prompt)
             # source:line = task id : judgement number, so each judgement's pairs share one group.
-            record = RankedRecord(prompt, tuple(json.loads(responses)), tuple(json.loads(ranks)), annotator,
-                                  source=task_id, line=jid)
+            record = RankedRecord(
+                prompt, tuple(json.loads(responses)), tuple(json.loads(ranks)), annotator, source=task_id, line=jid
+            )
             out.append((task_id, record))
         return out
 

@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", required=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--annotators-per-task", type=int, default=1, dest="per_task",
-                       help="judgements wanted per task (default 1)")
+    serve.add_argument(
+        "--annotators-per-task", type=int, default=1, dest="per_task", help="judgements wanted per task (default 1)"
+    )
     return parser
 
 
@@ -65,9 +66,20 @@ def _task_problem(responses: list[str]) -> str | None:
     return None
 
 
-def generate(model: str, prompts: str, k: int, out: str, *, temperature: float = 1.0, top_p: float = 1.0,
-             max_new_tokens: int = 128, batch_size: int = 16, seed: int = 0, device: str = "auto",
-             progress: bool = True) -> dict:
+def generate(
+    model: str,
+    prompts: str,
+    k: int,
+    out: str,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Sample `k` responses per prompt and write tasks {"id": "p<index>", "prompt", "responses"}.
 
     A prompt whose responses include an empty one or two equal ones cannot be ranked; it is left
@@ -100,7 +112,7 @@ def generate(model: str, prompts: str, k: int, out: str, *, temperature: float =
         bar = tqdm(total=len(texts) * k, desc="sampling", unit=" resp", file=sys.stderr)
     try:
         for start in range(0, len(texts), batch_size):
-            batch = texts[start:start + batch_size]
+            batch = texts[start : start + batch_size]
             for j in range(k):
                 out_batch = sample(policy, tokenizer, batch, sampling, generator_seed=_seed(seed, j, start))
                 for i, text in enumerate(out_batch.texts):
@@ -116,8 +128,13 @@ def generate(model: str, prompts: str, k: int, out: str, *, temperature: float =
         if problem:
             left_out.append({"index": index, "id": f"p{index}", "reason": problem})
             continue
-        tasks.append({"id": f"p{index}", "prompt": prompt if isinstance(prompt, str) else [dict(m) for m in prompt],
-                      "responses": answers})
+        tasks.append(
+            {
+                "id": f"p{index}",
+                "prompt": prompt if isinstance(prompt, str) else [dict(m) for m in prompt],
+                "responses": answers,
+            }
+        )
     write_jsonl(tasks, out)
     return {"prompts": len(texts), "tasks": len(tasks), "left_out": left_out, "out": out}
 
@@ -130,13 +147,25 @@ def _store(db: str):
 
 def _run(args) -> int:
     if args.action == "generate":
-        result = generate(args.model, args.prompts, args.k, args.out, temperature=args.temperature,
-                          top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                          seed=args.seed, device=args.device, progress=sys.stderr.isatty())
+        result = generate(
+            args.model,
+            args.prompts,
+            args.k,
+            args.out,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            progress=sys.stderr.isatty(),
+        )
         for item in result["left_out"]:
             print(f"left out prompt {item['index']} ({item['id']}): {item['reason']}", file=sys.stderr)
-        print(f"{result['tasks']} tasks from {result['prompts']} prompts written to {result['out']}"
-              + (f"; {len(result['left_out'])} left out (listed above)" if result["left_out"] else ""))
+        print(
+            f"{result['tasks']} tasks from {result['prompts']} prompts written to {result['out']}"
+            + (f"; {len(result['left_out'])} left out (listed above)" if result["left_out"] else "")
+        )
         return 0
     if args.action == "add-annotator":
         with _store(args.db) as store:
@@ -154,8 +183,10 @@ def _run(args) -> int:
         with _store(args.db) as store:
             counts = store.export(args.out, args.kind)
         ties = f", {counts['ties_skipped']} tied pairs skipped" if args.kind == "pairwise" else ""
-        print(f"{counts['written']} {args.kind} records from {counts['judgements']} judgements "
-              f"written to {args.out}{ties}")
+        print(
+            f"{counts['written']} {args.kind} records from {counts['judgements']} judgements "
+            f"written to {args.out}{ties}"
+        )
         return 0
     if args.action == "serve":
         if args.per_task < 1:

@@ -52,8 +52,10 @@ def load_chat_model(path: str, device: torch.device):
 
     source = find_model(path)
     if source.kind == "reward_model":
-        raise ModelFolderError(f"{source.folder} is a reward model (scalar head, no text generation); "
-                               "expected a causal LM folder to chat with")
+        raise ModelFolderError(
+            f"{source.folder} is a reward model (scalar head, no text generation); "
+            "expected a causal LM folder to chat with"
+        )
     dtype = stored_dtype(source) if device.type == "cuda" else torch.float32
     model = load_model(source, dtype, merge=source.kind == "lora").to(device)
     # rlhf's tokenizer loader gives a pad token distinct from EOS, which sample() relies on.
@@ -71,13 +73,16 @@ def context_limit(model, tokenizer) -> int | None:
 def _fit(tokenizer, system: list, history: list, budget: int | None) -> bool:
     """Drops the oldest exchanges of ``history`` until the rendered prompt fits ``budget`` tokens;
     False (and the new message removed) when the newest message alone does not fit."""
+
     def length() -> int:
         return len(tokenizer(render_prompt(tokenizer, system + history), add_special_tokens=False)["input_ids"])
 
     while budget is not None and length() > budget:
         if len(history) <= 1:
-            print(f"message too long for the model's context ({length()} tokens, room for {budget}); not sent",
-                  file=sys.stderr)
+            print(
+                f"message too long for the model's context ({length()} tokens, room for {budget}); not sent",
+                file=sys.stderr,
+            )
             history.clear()
             return False
         del history[:2]  # one user turn and its reply
@@ -87,8 +92,12 @@ def _fit(tokenizer, system: list, history: list, budget: int | None) -> bool:
 
 def chat(model, tokenizer, args) -> None:
     """The read-reply loop over ``sys.stdin`` until /exit or end of input."""
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, do_sample=args.temperature > 0)
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        do_sample=args.temperature > 0,
+    )
     limit = context_limit(model, tokenizer)
     budget = None if limit is None else limit - args.max_new_tokens
     system = [{"role": "system", "content": args.system}] if args.system else []
@@ -136,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     limit = context_limit(model, tokenizer)
     if limit is not None and args.max_new_tokens >= limit:
-        print(f"rlhf chat: --max-new-tokens {args.max_new_tokens} leaves no room for the conversation "
-              f"in the model's {limit} positions", file=sys.stderr)
+        print(
+            f"rlhf chat: --max-new-tokens {args.max_new_tokens} leaves no room for the conversation "
+            f"in the model's {limit} positions",
+            file=sys.stderr,
+        )
         return 2
     if not getattr(tokenizer, "chat_template", None):
         print("rlhf chat: the tokenizer has no chat template; turns are joined as plain text", file=sys.stderr)

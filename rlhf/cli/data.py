@@ -70,14 +70,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args, paths, **kwargs):
-    return load_kind(paths, args.kind, field_map=_field_map(args.map), quarantine_path=args.quarantine,
-                     adapter=args.adapter, **kwargs)
+    return load_kind(
+        paths,
+        args.kind,
+        field_map=_field_map(args.map),
+        quarantine_path=args.quarantine,
+        adapter=args.adapter,
+        **kwargs,
+    )
 
 
 def _validate(args) -> int:
     try:
-        _, report = _load(args, args.paths, strict=args.strict, dedup=not args.no_dedup, keep=False,
-                          progress=sys.stderr.isatty())
+        _, report = _load(
+            args, args.paths, strict=args.strict, dedup=not args.no_dedup, keep=False, progress=sys.stderr.isatty()
+        )
     except DataError as err:
         print(err, file=sys.stderr)
         return 1
@@ -104,8 +111,9 @@ def _convert(args) -> int:
     elif (kind, args.to) in conversions:
         out, note = conversions[(kind, args.to)](records)
     else:
-        raise ValueError(f"cannot convert {kind} records to {args.to}; possible: "
-                         + ", ".join(f"{a} -> {b}" for a, b in conversions))
+        raise ValueError(
+            f"cannot convert {kind} records to {args.to}; possible: " + ", ".join(f"{a} -> {b}" for a, b in conversions)
+        )
     written = write_jsonl(out, args.output)
     print(report.summary())
     print(f"wrote {written} {args.to} records to {args.output}")
@@ -173,16 +181,20 @@ def _merge(args) -> int:
     write_jsonl(merged, args.out)
     votes_path = args.votes or os.path.splitext(args.out)[0] + ".votes.jsonl"
     write_jsonl(report.votes, votes_path)
-    summary = {"items": len(report.votes), "merged": len(merged), "ties": len(report.ties),
-               "per_annotator": per_annotator_counts(records), "agreement": agreement(records)}
+    summary = {
+        "items": len(report.votes),
+        "merged": len(merged),
+        "ties": len(report.ties),
+        "per_annotator": per_annotator_counts(records),
+        "agreement": agreement(records),
+    }
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    actions = {"validate": _validate, "convert": _convert, "stats": _stats, "split": _split,
-               "merge-annotators": _merge}
+    actions = {"validate": _validate, "convert": _convert, "stats": _stats, "split": _split, "merge-annotators": _merge}
     try:
         return actions[args.action](args)
     except (FileNotFoundError, ValueError) as err:

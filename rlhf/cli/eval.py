@@ -18,8 +18,13 @@ from rlhf.eval.run import DEFAULT_PROMPTS, markdown, run_eval
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", action="append", required=True, metavar="NAME=PATH",
-                        help="a policy to evaluate (run folder or model folder); repeat for several")
+    parser.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a policy to evaluate (run folder or model folder); repeat for several",
+    )
     parser.add_argument("--baseline", help="policy the others are compared with (default: the first)")
     parser.add_argument("--reference", help="model KL is measured against (default: the baseline policy)")
     parser.add_argument("--prompts", default=DEFAULT_PROMPTS, help=f"prompt file (default {DEFAULT_PROMPTS})")
@@ -30,8 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=50, help="prompts sampled together")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where the models run (default auto: CUDA when available)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the models run (default auto: CUDA when available)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     return parser
 
@@ -51,10 +60,21 @@ def _policies(items: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        results = run_eval(_policies(args.policy), out=args.out, judge=args.judge, reward_model=args.reward_model,
-                           baseline=args.baseline, reference=args.reference, prompts=args.prompts, seeds=args.seeds,
-                           temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                           batch_size=args.batch_size, device=args.device)
+        results = run_eval(
+            _policies(args.policy),
+            out=args.out,
+            judge=args.judge,
+            reward_model=args.reward_model,
+            baseline=args.baseline,
+            reference=args.reference,
+            prompts=args.prompts,
+            seeds=args.seeds,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"rlhf eval: {err}", file=sys.stderr)
         return 2

@@ -40,8 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf export", description=DESCRIPTION)
     parser.add_argument("source", help="run folder, model folder, merged/ folder or LoRA adapter folder")
     parser.add_argument("out", help="output folder (must not exist or be empty, unless --force)")
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="weights dtype of the export (default auto: the dtype the weights were saved in)")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", *DTYPES],
+        default="auto",
+        help="weights dtype of the export (default auto: the dtype the weights were saved in)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing, non-empty output folder")
     return parser
 
@@ -135,11 +139,16 @@ def _summary(out: Path, info: dict) -> str:
         "load it with:",
     ]
     if info["model_type"] == "reward_model":
-        lines += [f"  reward_models.scorer.RewardModel.from_pretrained({str(out)!r})",
-                  f"  transformers.AutoModelForSequenceClassification.from_pretrained({str(out)!r}, num_labels=1)"]
+        lines += [
+            f"  reward_models.scorer.RewardModel.from_pretrained({str(out)!r})",
+            f"  transformers.AutoModelForSequenceClassification.from_pretrained({str(out)!r}, num_labels=1)",
+        ]
     else:
-        lines += [f"  transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})",
-                  f"  vllm serve {out}", f"  rlhf chat {out}"]
+        lines += [
+            f"  transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})",
+            f"  vllm serve {out}",
+            f"  rlhf chat {out}",
+        ]
     return "\n".join(lines)
 
 

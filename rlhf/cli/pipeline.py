@@ -18,9 +18,12 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf pipeline", description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Example: rlhf pipeline --config configs/pipeline/tiny.yaml ppo.kl.coef=0.3")
+    parser = argparse.ArgumentParser(
+        prog="rlhf pipeline",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example: rlhf pipeline --config configs/pipeline/tiny.yaml ppo.kl.coef=0.3",
+    )
     parser.add_argument("--config", "-c", help="pipeline YAML (see configs/pipeline/)")
     parser.add_argument("--help-config", action="store_true", help="list the pipeline's own keys with their docs")
     parser.add_argument("--dry-run", action="store_true", help="print what would run, skip and resume, then stop")
@@ -36,13 +39,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.help_config:
         print(describe(PipelineConfig))
-        print("\nStage sections (sft, rm, ppo, dpo): config, from_sft, from_rm, plus any key of that stage "
-              "(rlhf <stage> --help-config).")
+        print(
+            "\nStage sections (sft, rm, ppo, dpo): config, from_sft, from_rm, plus any key of that stage "
+            "(rlhf <stage> --help-config)."
+        )
         return 0
     if not args.config and not args.overrides:
         _parser().print_usage(sys.stderr)
-        print("rlhf pipeline: give --config configs/pipeline/<name>.yaml (and/or key=value overrides)",
-              file=sys.stderr)
+        print("rlhf pipeline: give --config configs/pipeline/<name>.yaml (and/or key=value overrides)", file=sys.stderr)
         return 2
     source = args.config or "command line"
     try:

@@ -40,8 +40,7 @@ class _Loader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -235,8 +234,9 @@ def _read_yaml(path: str) -> dict:
     return data
 
 
-def load_config(cls: type, path: str | os.PathLike | None = None, overrides: list[str] = (),
-                *, extra: dict | None = None) -> Any:
+def load_config(
+    cls: type, path: str | os.PathLike | None = None, overrides: list[str] = (), *, extra: dict | None = None
+) -> Any:
     """Defaults <- YAML file <- ``extra`` <- command-line overrides, then strict validation."""
     source = os.fspath(path) if path is not None else "config"
     data = _read_yaml(source) if path is not None else {}

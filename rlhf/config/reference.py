@@ -130,8 +130,7 @@ def _orphans(out_dir: Path, pages: dict[str, str]) -> list[Path]:
     """Generated pages (they carry the header) whose config is no longer registered."""
     if not out_dir.is_dir():
         return []
-    return [p for p in sorted(out_dir.glob("*.md"))
-            if p.name not in pages and HEADER in p.read_text(encoding="utf-8")]
+    return [p for p in sorted(out_dir.glob("*.md")) if p.name not in pages and HEADER in p.read_text(encoding="utf-8")]
 
 
 def stale_files(pages: Pages, out_dir: str | Path) -> list[str]:
@@ -148,4 +147,3 @@ def stale_files(pages: Pages, out_dir: str | Path) -> list[str]:
             stale.append(f"{path} (differs)")
     stale += [f"{p} (no registered config)" for p in _orphans(out_dir, expected)]
     return stale
-

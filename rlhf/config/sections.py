@@ -64,7 +64,9 @@ class OptimConfig:
     betas: list[float] = param(default_factory=lambda: [0.9, 0.999], doc="AdamW betas.")
     eps: float = param(1e-8, "AdamW epsilon.")
     warmup_steps: int = param(0, "Linear warm-up length in optimizer steps.")
-    schedule: Literal["constant", "linear", "cosine"] = param("cosine", "LR decay after warm-up, down to 0 at max_steps.")
+    schedule: Literal["constant", "linear", "cosine"] = param(
+        "cosine", "LR decay after warm-up, down to 0 at max_steps."
+    )
     max_grad_norm: float = param(1.0, "Global gradient-norm clipping threshold (0 = off).")
 
 
@@ -84,11 +86,16 @@ class TrackingConfig:
         "offline", "wandb mode: offline writes a local run folder and opens no connection."
     )
     project: str = param("rlhf", "wandb project.")
-    run_name: Optional[str] = param(None, "wandb run name (default: '<output folder name>-<stage>', e.g. "
-                                    "'ppo-tiny-ppo' for output_dir runs/ppo-tiny).")
+    run_name: Optional[str] = param(
+        None,
+        "wandb run name (default: '<output folder name>-<stage>', e.g. 'ppo-tiny-ppo' for output_dir runs/ppo-tiny).",
+    )
     group: Optional[str] = param(None, "wandb group (a pipeline puts its stages in one group).")
-    log_every: int = param(1, "Log metrics every N steps (optimizer steps; for PPO, PPO steps) and at the last "
-                           "step (DPO and PPO: the first step too).")
+    log_every: int = param(
+        1,
+        "Log metrics every N steps (optimizer steps; for PPO, PPO steps) and at the last "
+        "step (DPO and PPO: the first step too).",
+    )
     progress: bool = param(True, "Show a progress bar on the main process.")
 
     def __post_init__(self) -> None:

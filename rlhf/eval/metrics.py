@@ -19,7 +19,9 @@ def win_rate(scores: Sequence[float], baseline: Sequence[float]) -> dict[str, fl
     """Per-prompt comparison of two score lists: win / tie / loss shares and the win rate
     (wins + ties / 2) with a normal-approximation 95% interval over prompts."""
     if len(scores) != len(baseline) or not scores:
-        raise ValueError(f"win_rate needs two equally long, non-empty score lists, got {len(scores)} and {len(baseline)}")
+        raise ValueError(
+            f"win_rate needs two equally long, non-empty score lists, got {len(scores)} and {len(baseline)}"
+        )
     outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline)]
     n = len(outcomes)
     rate = sum(outcomes) / n
@@ -36,8 +38,17 @@ def win_rate(scores: Sequence[float], baseline: Sequence[float]) -> dict[str, fl
 
 
 @torch.no_grad()
-def sample_with_kl(policy, reference, tokenizer, prompts: Sequence, sampling: SamplingConfig, *,
-                   batch_size: int = 32, seed: int = 0, chat_template: bool = True) -> dict[str, list]:
+def sample_with_kl(
+    policy,
+    reference,
+    tokenizer,
+    prompts: Sequence,
+    sampling: SamplingConfig,
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+    chat_template: bool = True,
+) -> dict[str, list]:
     """Responses of `policy` with, per response, KL(policy || reference) summed over its tokens.
 
     The KL is the k1 estimate log p(y) - log q(y) on the policy's own samples (unbiased for the
@@ -46,8 +57,14 @@ def sample_with_kl(policy, reference, tokenizer, prompts: Sequence, sampling: Sa
     """
     texts, kls, lengths, ended = [], [], [], []
     for start in range(0, len(prompts), batch_size):
-        batch = sample(policy, tokenizer, prompts[start : start + batch_size], sampling,
-                       chat_template=chat_template, generator_seed=seed + start)
+        batch = sample(
+            policy,
+            tokenizer,
+            prompts[start : start + batch_size],
+            sampling,
+            chat_template=chat_template,
+            generator_seed=seed + start,
+        )
         texts += batch.texts
         lengths += batch.response_mask.sum(-1).tolist()
         ended += batch.ended.tolist()

@@ -8,8 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 KL_LABEL = "KL to reference (nats per response)"
-AXIS_LABELS = {"kl": KL_LABEL, "judge": "mean judge reward", "reward": "mean reward-model score",
-               "length": "response length (tokens)", "win_rate": "win rate vs baseline"}
+AXIS_LABELS = {
+    "kl": KL_LABEL,
+    "judge": "mean judge reward",
+    "reward": "mean reward-model score",
+    "length": "response length (tokens)",
+    "win_rate": "win rate vs baseline",
+}
 
 
 def _pyplot():
@@ -87,8 +92,14 @@ def plot_results(results: dict, out_dir) -> list[Path]:
         rate_axis.errorbar(xs, rates, yerr=yerr, fmt="o", capsize=5, markersize=8, label="mean (95% CI)")
         for x, row in zip(xs, rows):
             per_seed = row.get("win_rate_per_seed") or []
-            rate_axis.scatter([x + 0.12] * len(per_seed), per_seed, s=14, color="tab:orange", zorder=3,
-                              label="per seed" if x == 0 else None)
+            rate_axis.scatter(
+                [x + 0.12] * len(per_seed),
+                per_seed,
+                s=14,
+                color="tab:orange",
+                zorder=3,
+                label="per seed" if x == 0 else None,
+            )
         rate_axis.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5 (no difference)")
         rate_axis.set_ylim(0, 1)
         rate_axis.set_xticks(list(xs), names)
@@ -111,8 +122,11 @@ def plot_results(results: dict, out_dir) -> list[Path]:
     panels = [key for key in ("kl", "length", "eos_rate") if having(key)[1]]
     if panels:
         fig, axes = _panels(len(panels))
-        titles = {"kl": f"KL to reference ({results.get('reference', baseline)})",
-                  "length": "Mean response length", "eos_rate": "Responses that ended with EOS"}
+        titles = {
+            "kl": f"KL to reference ({results.get('reference', baseline)})",
+            "length": "Mean response length",
+            "eos_rate": "Responses that ended with EOS",
+        }
         ylabels = {"kl": KL_LABEL, "length": "response length (tokens)", "eos_rate": "EOS rate (share of responses)"}
         for axis, key, color in zip(axes, panels, ("tab:purple", "tab:cyan", "tab:olive")):
             _bars(axis, *having(key), key, baseline, color)
@@ -133,8 +147,16 @@ def _number(point: dict, key: str, index: int) -> float:
         raise ValueError(f"plot_frontier: point {index} has a non-numeric {key!r}: {point[key]!r}") from None
 
 
-def plot_frontier(points: list[dict], path, *, x: str = "kl", y: str = "judge", series: str = "method",
-                  label: str = "label", title: str | None = None) -> Path:
+def plot_frontier(
+    points: list[dict],
+    path,
+    *,
+    x: str = "kl",
+    y: str = "judge",
+    series: str = "method",
+    label: str = "label",
+    title: str | None = None,
+) -> Path:
     """The reward-vs-KL frontier as one PNG: a line + markers per ``series`` value (e.g. DPO
     sweeping beta, PPO sweeping the KL coefficient), points sorted by ``x`` within a series and
     annotated with their ``label`` (e.g. "beta=0.1").
@@ -162,8 +184,7 @@ def plot_frontier(points: list[dict], path, *, x: str = "kl", y: str = "judge", 
         if name == "baseline":
             axis.scatter(xs, ys, marker="*", s=220, color="black", zorder=4, label=name)
         else:
-            axis.errorbar(xs, ys, xerr=err(f"{x}_seed_std"), yerr=err(f"{y}_seed_std"), fmt="-o", capsize=3,
-                          label=name)
+            axis.errorbar(xs, ys, xerr=err(f"{x}_seed_std"), yerr=err(f"{y}_seed_std"), fmt="-o", capsize=3, label=name)
         for px, py, row in zip(xs, ys, rows):
             text = row.get(label, name if name == "baseline" else None)
             if text is not None:

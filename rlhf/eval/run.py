@@ -12,10 +12,21 @@ from pathlib import Path
 DEFAULT_PROMPTS = "builtin:judged-prompts?n=200&seed=4242"
 
 
-def evaluate(policies: dict[str, str], *, judge: str | None = None, reward_model: str | None = None,
-             baseline: str | None = None, reference: str | None = None, prompts: str = DEFAULT_PROMPTS,
-             seeds=(0,), temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
-             batch_size: int = 50, device: str = "auto") -> tuple[dict, list[dict]]:
+def evaluate(
+    policies: dict[str, str],
+    *,
+    judge: str | None = None,
+    reward_model: str | None = None,
+    baseline: str | None = None,
+    reference: str | None = None,
+    prompts: str = DEFAULT_PROMPTS,
+    seeds=(0,),
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    batch_size: int = 50,
+    device: str = "auto",
+) -> tuple[dict, list[dict]]:
     """(results, samples): the numbers of `results.json` and the rows of `samples.jsonl`.
     Arguments as in :func:`run_eval`."""
     from preference_data.validate_preferences import load_kind
@@ -59,16 +70,25 @@ def evaluate(policies: dict[str, str], *, judge: str | None = None, reward_model
             if scorer:
                 out["reward"] = scorer.score(texts, out["texts"])
             runs.append(out)
-            samples += [{"policy": name, "seed": seed, "prompt": p, "response": r}
-                        for p, r in zip(texts, out["texts"])]
+            samples += [{"policy": name, "seed": seed, "prompt": p, "response": r} for p, r in zip(texts, out["texts"])]
         per_policy[name] = {"path": path, "runs": runs}
         del model  # frees the device for the next policy before it loads
 
     metric = "judge" if judge_fn else "reward"
-    results = {"prompts": prompts, "n_prompts": len(texts), "seeds": seeds, "baseline": baseline,
-               "reference": reference, "win_metric": metric, "temperature": temperature,
-               "max_new_tokens": max_new_tokens, "top_p": top_p, "batch_size": batch_size,
-               "device": str(target), "policies": {}}
+    results = {
+        "prompts": prompts,
+        "n_prompts": len(texts),
+        "seeds": seeds,
+        "baseline": baseline,
+        "reference": reference,
+        "win_metric": metric,
+        "temperature": temperature,
+        "max_new_tokens": max_new_tokens,
+        "top_p": top_p,
+        "batch_size": batch_size,
+        "device": str(target),
+        "policies": {},
+    }
     for name, entry in per_policy.items():
         runs = entry["runs"]
         row = {"path": entry["path"]}
@@ -83,18 +103,32 @@ def evaluate(policies: dict[str, str], *, judge: str | None = None, reward_model
             row["win_rate_per_seed"] = [r["win_rate"] for r in rates]
             row["win_rate"] = statistics.fmean(row["win_rate_per_seed"])
             row["win_rate_seed_std"] = statistics.stdev(row["win_rate_per_seed"]) if len(rates) > 1 else 0.0
-            row["win_rate_ci95"] = [statistics.fmean(r["ci95_low"] for r in rates),
-                                    statistics.fmean(r["ci95_high"] for r in rates)]
+            row["win_rate_ci95"] = [
+                statistics.fmean(r["ci95_low"] for r in rates),
+                statistics.fmean(r["ci95_high"] for r in rates),
+            ]
             for part in ("wins", "ties", "losses"):
                 row[part] = statistics.fmean(r[part] for r in rates)
         results["policies"][name] = row
     return results, samples
 
 
-def run_eval(policies: dict[str, str], *, out: str, judge: str | None = None, reward_model: str | None = None,
-             baseline: str | None = None, reference: str | None = None, prompts: str = DEFAULT_PROMPTS,
-             seeds=(0,), temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
-             batch_size: int = 50, device: str = "auto") -> dict:
+def run_eval(
+    policies: dict[str, str],
+    *,
+    out: str,
+    judge: str | None = None,
+    reward_model: str | None = None,
+    baseline: str | None = None,
+    reference: str | None = None,
+    prompts: str = DEFAULT_PROMPTS,
+    seeds=(0,),
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    batch_size: int = 50,
+    device: str = "auto",
+) -> dict:
     """Evaluate ``policies`` (name -> run or model folder) and write `results.json`, `results.md`,
     `samples.jsonl` and the PNG plots of :func:`rlhf.eval.plots.plot_results` to ``out``.
 
@@ -112,9 +146,20 @@ def run_eval(policies: dict[str, str], *, out: str, judge: str | None = None, re
     """
     from rlhf.eval.plots import plot_results
 
-    results, samples = evaluate(policies, judge=judge, reward_model=reward_model, baseline=baseline,
-                                reference=reference, prompts=prompts, seeds=seeds, temperature=temperature,
-                                top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device)
+    results, samples = evaluate(
+        policies,
+        judge=judge,
+        reward_model=reward_model,
+        baseline=baseline,
+        reference=reference,
+        prompts=prompts,
+        seeds=seeds,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        device=device,
+    )
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -126,20 +171,24 @@ def run_eval(policies: dict[str, str], *, out: str, judge: str | None = None, re
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Prompts: {results['prompts']} ({results['n_prompts']}), seeds {results['seeds']}, "
-             f"temperature {results['temperature']}; win rate vs `{results['baseline']}` by {results['win_metric']} "
-             "(ties count half); KL to the reference on each policy's own samples (nats per response).", "",
-             "| policy | judge | reward | win rate | 95% CI | wins / ties / losses | KL | length | EOS rate |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Prompts: {results['prompts']} ({results['n_prompts']}), seeds {results['seeds']}, "
+        f"temperature {results['temperature']}; win rate vs `{results['baseline']}` by {results['win_metric']} "
+        "(ties count half); KL to the reference on each policy's own samples (nats per response).",
+        "",
+        "| policy | judge | reward | win rate | 95% CI | wins / ties / losses | KL | length | EOS rate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
 
     def fmt(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
 
     for name, row in results["policies"].items():
         ci = row.get("win_rate_ci95")
-        wtl = (f"{row['wins']:.2f} / {row['ties']:.2f} / {row['losses']:.2f}" if "wins" in row else "-")
+        wtl = f"{row['wins']:.2f} / {row['ties']:.2f} / {row['losses']:.2f}" if "wins" in row else "-"
         lines.append(
             f"| {name} | {fmt(row.get('judge'))} | {fmt(row.get('reward'))} | {fmt(row.get('win_rate'))} | "
             f"{'-' if ci is None else f'{ci[0]:.3f}-{ci[1]:.3f}'} | {wtl} | {fmt(row.get('kl'), 2)} | "
-            f"{fmt(row.get('length'), 1)} | {fmt(row.get('eos_rate'), 2)} |")
+            f"{fmt(row.get('length'), 1)} | {fmt(row.get('eos_rate'), 2)} |"
+        )
     return "\n".join(lines) + "\n"

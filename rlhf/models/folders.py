@@ -21,8 +21,10 @@ from rlhf.models.loading import resolve_model_path
 
 Kind = Literal["causal_lm", "lora", "prompt_adapter", "reward_model"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_EXPECTED = ("a run folder (with model/), a model folder (config.json and *.safetensors) "
-             "or a LoRA adapter folder (adapter_config.json)")
+_EXPECTED = (
+    "a run folder (with model/), a model folder (config.json and *.safetensors) "
+    "or a LoRA adapter folder (adapter_config.json)"
+)
 _PROMPT_LEARNING = ("PREFIX_TUNING", "P_TUNING", "PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "CPT")
 _REWARD_MODEL_FILES = ("reward_model.json", "normalization.json")
 
@@ -79,7 +81,8 @@ def find_model(path: Union[str, Path]) -> ModelSource:
         kind: Kind = "reward_model" if _is_reward_model(folder) else "causal_lm"
         # A reward model trained with LoRA keeps its adapter in adapter/ beside the merged weights.
         merged_lora = (folder / "adapter" / "adapter_config.json").is_file() or (
-            folder.name == "merged" and (folder.parent / "adapter_config.json").is_file())
+            folder.name == "merged" and (folder.parent / "adapter_config.json").is_file()
+        )
         return ModelSource(given, folder, kind, None, str(folder), merged_lora)
     raise ModelFolderError(f"{given} holds no model: expected {_EXPECTED}")
 
@@ -92,7 +95,8 @@ def _adapter_source(given: str, folder: Path) -> ModelSource:
     if adapter.get("task_type") == "SEQ_CLS":
         raise ModelFolderError(
             f"{folder} is a prompt-learning reward model adapter, which cannot be merged into weights; "
-            "score with it through reward_models.scorer.RewardModel.from_pretrained")
+            "score with it through reward_models.scorer.RewardModel.from_pretrained"
+        )
     base = adapter.get("base_model_name_or_path")
     if not base:
         raise ModelFolderError(f"{folder / 'adapter_config.json'} names no base model (base_model_name_or_path)")
@@ -100,8 +104,10 @@ def _adapter_source(given: str, folder: Path) -> ModelSource:
     # A Hub name is handed on to from_pretrained; a path that is gone is an error to report here.
     looks_local = os.path.isabs(base) or base.startswith((".", "~"))
     if looks_local and not Path(base).expanduser().is_dir():
-        raise ModelFolderError(f"adapter {folder} names base model {base}, which does not exist; "
-                               "expected a local model folder, a builtin:* name or a Hub name")
+        raise ModelFolderError(
+            f"adapter {folder} names base model {base}, which does not exist; "
+            "expected a local model folder, a builtin:* name or a Hub name"
+        )
     kind: Kind = "prompt_adapter" if adapter.get("peft_type") in _PROMPT_LEARNING else "lora"
     tokenizer = str(folder) if _has_tokenizer(folder) else base
     return ModelSource(given, folder, kind, base, tokenizer, merged_lora=kind == "lora")
@@ -145,8 +151,10 @@ def load_model(source: ModelSource, dtype: torch.dtype, *, merge: bool = True):
     if source.kind == "causal_lm":
         return AutoModelForCausalLM.from_pretrained(source.folder, dtype=dtype).eval()
     if source.kind == "prompt_adapter" and merge:
-        raise ModelFolderError(f"{source.folder} is a prompt-learning (prefix / prompt tuning) adapter, "
-                               "which cannot be merged into weights; load it with peft.PeftModel instead")
+        raise ModelFolderError(
+            f"{source.folder} is a prompt-learning (prefix / prompt tuning) adapter, "
+            "which cannot be merged into weights; load it with peft.PeftModel instead"
+        )
     from peft import PeftModel
 
     # Merged in float32 and cast afterwards, so that the low-rank update is not rounded twice.

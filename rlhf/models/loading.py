@@ -44,7 +44,7 @@ def resolve_model_path(name_or_path: str) -> str:
         return os.path.expanduser(name_or_path)
     if not name_or_path.startswith(_BUILTIN_PREFIX):
         return name_or_path
-    return str(ensure_builtin(name_or_path[len(_BUILTIN_PREFIX):], cache_dir()))
+    return str(ensure_builtin(name_or_path[len(_BUILTIN_PREFIX) :], cache_dir()))
 
 
 def looks_like_local_path(name_or_path: str) -> bool:
@@ -81,11 +81,15 @@ def check_model_path(name_or_path: str, key: str = "model.name_or_path") -> None
     if path.is_dir():
         return
     if path.exists():
-        raise NotADirectoryError(f"{key}: {name_or_path} is a file; expected a model folder "
-                                 "(save_pretrained output), a Hub name ('owner/name') or a builtin:* name")
-    raise FileNotFoundError(f"{key}: model folder {name_or_path} does not exist (is it the output of a stage "
-                            "that has not run yet?); expected a model folder (save_pretrained output), "
-                            "a Hub name ('owner/name') or a builtin:* name")
+        raise NotADirectoryError(
+            f"{key}: {name_or_path} is a file; expected a model folder "
+            "(save_pretrained output), a Hub name ('owner/name') or a builtin:* name"
+        )
+    raise FileNotFoundError(
+        f"{key}: model folder {name_or_path} does not exist (is it the output of a stage "
+        "that has not run yet?); expected a model folder (save_pretrained output), "
+        "a Hub name ('owner/name') or a builtin:* name"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,14 +128,20 @@ def _choose_pad_token(tokenizer) -> None:
     # SFT / DPO labels (-100 at padded positions; an EOS that ends a reply is labelled), PPO
     # response masks (kept up to and including the first EOS) and the reward at the last
     # attended token.
-    why = ("padding is masked by position (attention mask, labels, response mask), never by token id, "
-           "so an EOS that ends a reply is still learned and generation still stops at it")
+    why = (
+        "padding is masked by position (attention mask, labels, response mask), never by token id, "
+        "so an EOS that ends a reply is still learned and generation still stops at it"
+    )
     if tokenizer.pad_token is None:
         logger.warning("tokenizer has no pad token and no spare special token; padding with EOS (%s)", why)
         tokenizer.pad_token = tokenizer.eos_token
     else:
-        logger.warning("tokenizer pads with its EOS token %r and has no spare special token to pad with instead; "
-                       "keeping pad == eos (%s)", tokenizer.eos_token, why)
+        logger.warning(
+            "tokenizer pads with its EOS token %r and has no spare special token to pad with instead; "
+            "keeping pad == eos (%s)",
+            tokenizer.eos_token,
+            why,
+        )
 
 
 def load_causal_lm(cfg: ModelConfig, *, dtype: Union[str, torch.dtype, None] = None):
@@ -258,7 +268,7 @@ def _freeze_all_but_top(model: nn.Module, trainable_layers: int) -> nn.Module:
         raise ValueError(f"adapt.trainable_layers={trainable_layers} but the model has {len(blocks)} blocks")
     model.requires_grad_(False)
     # With tied embeddings the head IS the input embedding matrix, which then trains too.
-    top = [_output_head(model), _final_norm(model)] + list(blocks)[len(blocks) - trainable_layers:]
+    top = [_output_head(model), _final_norm(model)] + list(blocks)[len(blocks) - trainable_layers :]
     for module in top:
         if module is not None:
             module.requires_grad_(True)

@@ -113,13 +113,17 @@ def _resolve(cfg: PipelineConfig, stage: str, source: str, upstream: dict[str, S
 
     if switches.get("from_sft", stage in ("ppo", "dpo")):
         if "name_or_path" in keys.get("model", {}):
-            raise ConfigError(f"{source}: '{stage}.model.name_or_path' is set, but the stage starts from "
-                              f"the SFT model; set '{stage}.from_sft: false' to choose its model")
+            raise ConfigError(
+                f"{source}: '{stage}.model.name_or_path' is set, but the stage starts from "
+                f"the SFT model; set '{stage}.from_sft: false' to choose its model"
+            )
         wiring.setdefault("model", {})["name_or_path"] = handoff_dir(upstream["sft"])
     if stage == "ppo" and switches.get("from_rm", "rm" in cfg.stages):
         if "model" in keys.get("reward", {}):
-            raise ConfigError(f"{source}: 'ppo.reward.model' is set, but PPO scores with the rm stage's "
-                              "model; set 'ppo.from_rm: false' to choose the reward")
+            raise ConfigError(
+                f"{source}: 'ppo.reward.model' is set, but PPO scores with the rm stage's "
+                "model; set 'ppo.from_rm: false' to choose the reward"
+            )
         # The trained reward model replaces the stage file's reward functions (a judge kept for
         # evaluation would otherwise leak into the reward); section keys may add functions back.
         wiring["reward"] = {"model": handoff_dir(upstream["rm"]), "functions": [], "weights": []}
@@ -131,8 +135,10 @@ def _resolve(cfg: PipelineConfig, stage: str, source: str, upstream: dict[str, S
     if stage == "sft" and strategy in ("lora", "qlora"):  # the next stages load merged weights
         stage_cfg = replace_path(stage_cfg, "model.adapt.merge", True)
     elif stage == "sft" and strategy == "prefix":
-        raise ConfigError(f"{source}: sft.model.adapt.strategy 'prefix' cannot be merged into weights for "
-                          "the next stages; use lora or full in a pipeline")
+        raise ConfigError(
+            f"{source}: sft.model.adapt.strategy 'prefix' cannot be merged into weights for "
+            "the next stages; use lora or full in a pipeline"
+        )
     return stage_cfg
 
 
@@ -148,7 +154,8 @@ def decide_stage(stage: str, stage_cfg: Any, in_pipeline: bool) -> StagePlan:
             shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
             raise PipelineError(
                 f"stage {stage}: {out} holds a run with another config ({shown}). Remove {out} to run "
-                "the stage again with the new config, or give the pipeline another output_dir.")
+                "the stage again with the new config, or give the pipeline another output_dir."
+            )
     if is_done(out):
         return StagePlan(stage, stage_cfg, "done")
     if not in_pipeline:
@@ -178,15 +185,19 @@ def plan(cfg: PipelineConfig, source: str = "pipeline") -> dict[str, StagePlan]:
             raise PipelineError(
                 f"stage {stage} is not among the stages {cfg.stages}, but {', '.join(users)} start(s) from "
                 f"its output and {stage_cfg.output_dir} holds no finished {stage} run; add '{stage}' to "
-                f"stages, or set the section's from_{stage}: false")
+                f"stages, or set the section's from_{stage}: false"
+            )
     return plans
 
 
 def describe_plan(plans: dict[str, StagePlan]) -> str:
     lines = ["stage  action                  output"]
     for name, p in plans.items():
-        action = {"run": "run", "done": "done, skipped",
-                  "resume": f"resume from {Path(p.checkpoint).name}" if p.checkpoint else "resume"}[p.action]
+        action = {
+            "run": "run",
+            "done": "done, skipped",
+            "resume": f"resume from {Path(p.checkpoint).name}" if p.checkpoint else "resume",
+        }[p.action]
         lines.append(f"{name:<6} {action:<23} {p.output_dir}")
     return "\n".join(lines)
 
@@ -230,8 +241,11 @@ def _evaluate(cfg: PipelineConfig, plans: dict[str, StagePlan]) -> dict | None:
     policies = {name: str(plans[name].output_dir) for name in ("sft", "ppo", "dpo") if name in plans}
     reward_model = handoff_dir(plans["rm"]) if cfg.eval.reward_model and "rm" in plans else None
     if len(policies) < 2 or not (cfg.eval.judge or reward_model):
-        print("\nrlhf pipeline: evaluation skipped (it needs the SFT policy and a trained one, and "
-              "eval.judge or a reward model)", flush=True)
+        print(
+            "\nrlhf pipeline: evaluation skipped (it needs the SFT policy and a trained one, and "
+            "eval.judge or a reward model)",
+            flush=True,
+        )
         return None
     out = Path(cfg.output_dir) / "eval"
     settings = {"policies": policies, "reward_model": reward_model, **to_dict(cfg.eval)}
@@ -241,9 +255,19 @@ def _evaluate(cfg: PipelineConfig, plans: dict[str, StagePlan]) -> dict | None:
             print(f"\n== eval: done, skipped ({out / 'results.md'})", flush=True)
             return {"output_dir": str(out), "action": "done"}
     print(f"\n== eval -> {out}", flush=True)
-    run_eval(policies, out=str(out), judge=cfg.eval.judge, reward_model=reward_model, baseline="sft",
-             prompts=cfg.eval.prompts, seeds=tuple(cfg.eval.seeds), temperature=cfg.eval.temperature,
-             top_p=cfg.eval.top_p, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
-             device=cfg.eval.device)
+    run_eval(
+        policies,
+        out=str(out),
+        judge=cfg.eval.judge,
+        reward_model=reward_model,
+        baseline="sft",
+        prompts=cfg.eval.prompts,
+        seeds=tuple(cfg.eval.seeds),
+        temperature=cfg.eval.temperature,
+        top_p=cfg.eval.top_p,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        device=cfg.eval.device,
+    )
     settings_file.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     return {"output_dir": str(out), "action": "run"}

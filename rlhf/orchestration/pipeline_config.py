@@ -27,8 +27,10 @@ class PipelineEvalConfig:
     prompts: str = param(DEFAULT_PROMPTS, "Held-out prompt file.")
     judge: Optional[str] = param(None, "Reward function 'module:function(prompt, response)' used as the judge.")
     reward_model: bool = param(True, "Also score responses with the pipeline's reward model (when there is one).")
-    seeds: list[int] = param(default_factory=lambda: [0, 1, 2], doc="Sampling seeds; one full pass over the "
-                             "prompts each, so the spread between seeds is reported.")
+    seeds: list[int] = param(
+        default_factory=lambda: [0, 1, 2],
+        doc="Sampling seeds; one full pass over the prompts each, so the spread between seeds is reported.",
+    )
     temperature: float = param(1.0, "Sampling temperature (KL is measured at this temperature).")
     top_p: float = param(1.0, "Nucleus sampling mass.")
     max_new_tokens: int = param(48, "Longest response.")
@@ -57,11 +59,13 @@ class PipelineConfig:
     stages: list[Literal["sft", "rm", "ppo", "dpo"]] = param(
         default_factory=lambda: list(STAGE_ORDER),
         doc="Stages to run, in the order sft, rm, ppo, dpo (a stage left out but finished earlier still "
-            "feeds the others).")
+        "feeds the others).",
+    )
     seed: Optional[int] = param(None, "Seed of every stage (null = each stage config's own).")
     group: Optional[str] = param(None, "wandb group of the stage runs (null = the output folder's name).")
     tracking_mode: Optional[Literal["offline", "online", "disabled"]] = param(
-        None, "wandb mode of every stage (null = each stage config's own).")
+        None, "wandb mode of every stage (null = each stage config's own)."
+    )
     sft: dict[str, Any] = param(default_factory=dict, doc="SFT stage section.")
     rm: dict[str, Any] = param(default_factory=dict, doc="Reward-model stage section.")
     ppo: dict[str, Any] = param(default_factory=dict, doc="PPO stage section.")

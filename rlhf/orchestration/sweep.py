@@ -35,19 +35,26 @@ class SweepConfig:
     base: Optional[str] = param(None, "The stage or pipeline YAML every trial starts from.")
     output_dir: str = param("runs/sweep", "Folder of the trials (trial-000, ...), results.md and sweep.json.")
     method: Literal["grid", "random"] = param(
-        "grid", "grid: every combination of `grid` values (each entry of `grids` on its own); random: "
-                "`trials` draws, each key's value picked from its list or from its `ranges` interval.")
+        "grid",
+        "grid: every combination of `grid` values (each entry of `grids` on its own); random: "
+        "`trials` draws, each key's value picked from its list or from its `ranges` interval.",
+    )
     trials: int = param(0, "random: number of trials (grid: 0 = all combinations, else the first N).")
     seed: int = param(0, "Seed of the random draws.")
     fixed: dict[str, Any] = param(default_factory=dict, doc="Dotted key -> value set in every trial.")
     grid: dict[str, list[Any]] = param(default_factory=dict, doc="Dotted key -> values to try.")
     grids: list[dict[str, list[Any]]] = param(
-        default_factory=list, doc="Several grids whose trials are run one after the other (e.g. one per "
-                                  "method, each with its own `stages`).")
+        default_factory=list,
+        doc="Several grids whose trials are run one after the other (e.g. one per method, each with its own `stages`).",
+    )
     ranges: dict[str, dict[str, Any]] = param(
-        default_factory=dict, doc="random: dotted key -> {min, max, log (bool), int (bool)}.")
-    metric: str = param("win_rate", "Column that picks the best trial (pipeline: an eval metric of a policy, "
-                                     "e.g. win_rate, judge; stage: a summary key, e.g. eval_loss).")
+        default_factory=dict, doc="random: dotted key -> {min, max, log (bool), int (bool)}."
+    )
+    metric: str = param(
+        "win_rate",
+        "Column that picks the best trial (pipeline: an eval metric of a policy, "
+        "e.g. win_rate, judge; stage: a summary key, e.g. eval_loss).",
+    )
     mode: Literal["max", "min"] = param("max", "Whether the best trial has the largest or smallest metric.")
     frontier_x: str = param("kl", "Frontier plot: x column (KL to the reference).")
     frontier_y: str = param("judge", "Frontier plot: y column (judge or reward).")
@@ -100,8 +107,9 @@ def _draw(rng: random.Random, key: str, spec: dict) -> float | int:
         raise ConfigError(f"sweep: ranges.{key} needs numeric min and max, got {spec!r}") from None
     unknown = set(spec) - {"min", "max", "log", "int"}
     if unknown or low > high or (spec.get("log") and low <= 0):
-        raise ConfigError(f"sweep: ranges.{key} = {spec!r}: expected {{min, max, log, int}} with min <= max "
-                          "(and min > 0 for log)")
+        raise ConfigError(
+            f"sweep: ranges.{key} = {spec!r}: expected {{min, max, log, int}} with min <= max (and min > 0 for log)"
+        )
     value = math.exp(rng.uniform(math.log(low), math.log(high))) if spec.get("log") else rng.uniform(low, high)
     return int(round(value)) if spec.get("int") else float(f"{value:.4g}")
 
@@ -126,8 +134,10 @@ def _run_trial(cfg: SweepConfig, name: str, params: dict[str, Any]) -> Path:
         except (ConfigError, PipelineError) as err:
             raise ConfigError(f"sweep {where}: {err}") from None
         return folder
-    extra = merge(extra, {"checkpoint": {"resume_from": "latest"},
-                          "tracking": {"group": Path(cfg.output_dir).name, "run_name": name}})
+    extra = merge(
+        extra,
+        {"checkpoint": {"resume_from": "latest"}, "tracking": {"group": Path(cfg.output_dir).name, "run_name": name}},
+    )
     stage_cfg = load_config(config_class(cfg.command), cfg.base, [], extra=extra)
     if decide_stage(cfg.command, stage_cfg, True).action != "done":
         run_function(cfg.command)(stage_cfg)
@@ -139,11 +149,15 @@ def trial_rows(cfg: SweepConfig, name: str, params: dict[str, Any], folder: Path
     base = {"trial": name, "label": _label(params), **{k: v for k, v in params.items() if k != "stages"}}
     if cfg.command != "pipeline":
         summary = json.loads((folder / "summary.json").read_text())
-        return [{**base, **{k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}]
+        return [
+            {**base, **{k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        ]
     results_file = folder / "eval" / "results.json"
     if not results_file.is_file():
-        raise ConfigError(f"sweep: {name} has no evaluation ({results_file}); pipeline trials need eval "
-                          "(eval.enabled, eval.judge or a reward model)")
+        raise ConfigError(
+            f"sweep: {name} has no evaluation ({results_file}); pipeline trials need eval "
+            "(eval.enabled, eval.judge or a reward model)"
+        )
     results = json.loads(results_file.read_text())
     rows = []
     for policy, row in results["policies"].items():
@@ -155,8 +169,11 @@ def trial_rows(cfg: SweepConfig, name: str, params: dict[str, Any], folder: Path
 
 
 def best_index(rows: list[dict], metric: str, mode: str) -> Optional[int]:
-    scored = [(row[metric], i) for i, row in enumerate(rows) if isinstance(row.get(metric), (int, float))
-              and not row.get("baseline")]
+    scored = [
+        (row[metric], i)
+        for i, row in enumerate(rows)
+        if isinstance(row.get(metric), (int, float)) and not row.get("baseline")
+    ]
     if not scored:
         return None
     return (max if mode == "max" else min)(scored)[1]
@@ -208,14 +225,18 @@ def run(cfg: SweepConfig) -> dict:
             paths.add(row.get("path"))
         shown.append(i)
     text = table([rows[i] for i in shown], keys, cfg.metric, shown.index(best) if best is not None else None)
-    best_line = (f"Best ({cfg.mode} {cfg.metric}): {rows[best]['trial']}"
-                 + (f" {rows[best]['policy']}" if "policy" in rows[best] else "")
-                 + f" ({rows[best]['label']}): {cfg.metric} = {rows[best][cfg.metric]:.4g}\n") if best is not None else \
-        f"No trial reported {cfg.metric!r}.\n"
+    best_line = (
+        (
+            f"Best ({cfg.mode} {cfg.metric}): {rows[best]['trial']}"
+            + (f" {rows[best]['policy']}" if "policy" in rows[best] else "")
+            + f" ({rows[best]['label']}): {cfg.metric} = {rows[best][cfg.metric]:.4g}\n"
+        )
+        if best is not None
+        else f"No trial reported {cfg.metric!r}.\n"
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text + "\n" + best_line, encoding="utf-8")
-    record = {"config": to_dict(cfg), "trials": trials, "rows": rows,
-              "best": best}
+    record = {"config": to_dict(cfg), "trials": trials, "rows": rows, "best": best}
     frontier = _frontier(cfg, rows, out)
     if frontier:
         record["frontier_png"] = str(frontier)

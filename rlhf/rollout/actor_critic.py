@@ -23,8 +23,14 @@ class ActorCritic(nn.Module):
         self.policy = policy
         self.critic = critic
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
-                temperature: float = 1.0, with_values: bool = True):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_length: int,
+        temperature: float = 1.0,
+        with_values: bool = True,
+    ):
         """(logits [B, R, V] / temperature, values [B, R] or None) for the R response positions.
 
         The logits at position t predict token t + 1, and the value at t is V(tokens up to t):
@@ -58,12 +64,16 @@ def load_critic(name_or_path: str, adapt, *, pad_token_id: int, vocab_size: int,
         pad_token_id=pad_token_id,
     )
     if not critic.is_decoder:
-        raise ValueError(f"critic.init_from={name_or_path!r} is an encoder; the critic needs a causal-LM backbone "
-                         "that reads the policy's tokens")
+        raise ValueError(
+            f"critic.init_from={name_or_path!r} is an encoder; the critic needs a causal-LM backbone "
+            "that reads the policy's tokens"
+        )
     critic_vocab = critic.config.vocab_size
     if critic_vocab < vocab_size:
-        raise ValueError(f"critic.init_from={name_or_path!r} has a vocabulary of {critic_vocab} tokens but the policy's "
-                         f"tokenizer has {vocab_size}: the critic must share the policy's tokenizer")
+        raise ValueError(
+            f"critic.init_from={name_or_path!r} has a vocabulary of {critic_vocab} tokens but the policy's "
+            f"tokenizer has {vocab_size}: the critic must share the policy's tokenizer"
+        )
     return disable_dropout(critic)
 
 

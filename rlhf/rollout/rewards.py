@@ -31,8 +31,16 @@ class Scorer:
     share the policy's tokenizer; it is frozen, in eval mode, and never wrapped by the engine.
     """
 
-    def __init__(self, model: Optional[str], functions: Sequence[str], weights: Sequence[float], *,
-                 normalize: bool = True, device=None, prepare: Optional[Callable] = None) -> None:
+    def __init__(
+        self,
+        model: Optional[str],
+        functions: Sequence[str],
+        weights: Sequence[float],
+        *,
+        normalize: bool = True,
+        device=None,
+        prepare: Optional[Callable] = None,
+    ) -> None:
         """``prepare`` (e.g. ``Backend.prepare_frozen``) places the reward model for the engine."""
         self.sources: list[tuple[str, Callable]] = []
         if model:
@@ -41,16 +49,17 @@ class Scorer:
             reward_model = RewardModel.from_pretrained(model, device=device)
             if prepare is not None:
                 reward_model.model = prepare(reward_model.model)
-            self.sources.append((f"reward_model:{model}",
-                                 lambda p, r: reward_model.score(p, r, normalize=normalize)))
+            self.sources.append((f"reward_model:{model}", lambda p, r: reward_model.score(p, r, normalize=normalize)))
         for spec in functions:
             function = load_function(spec)
             self.sources.append((spec, lambda p, r, f=function: [float(f(a, b)) for a, b in zip(p, r)]))
         if not self.sources:
             raise ValueError("no reward: set reward.model and/or reward.functions")
         if weights and len(weights) != len(self.sources):
-            raise ValueError(f"reward.weights has {len(weights)} entries for {len(self.sources)} sources "
-                             f"({', '.join(name for name, _ in self.sources)})")
+            raise ValueError(
+                f"reward.weights has {len(weights)} entries for {len(self.sources)} sources "
+                f"({', '.join(name for name, _ in self.sources)})"
+            )
         self.weights = list(weights) if weights else [1.0] * len(self.sources)
 
     def score(self, prompts: Sequence, responses: Sequence[str]) -> torch.Tensor:

@@ -60,8 +60,13 @@ class Samples:
 
     def subset(self, index: torch.Tensor | list[int]) -> Samples:
         index = torch.as_tensor(index, dtype=torch.long)
-        return Samples(self.input_ids[index], self.attention_mask[index], self.response_mask[index],
-                       self.ended[index], [self.texts[i] for i in index.tolist()])
+        return Samples(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.response_mask[index],
+            self.ended[index],
+            [self.texts[i] for i in index.tolist()],
+        )
 
 
 def concat_samples(parts: list[Samples], pad_id: int) -> Samples:
@@ -78,8 +83,13 @@ def concat_samples(parts: list[Samples], pad_id: int) -> Samples:
         ids.append(pad(p.input_ids, left, right, pad_id))
         attn.append(pad(p.attention_mask, left, right, 0))
         resp.append(pad(p.response_mask, 0, right, 0))
-    return Samples(torch.cat(ids), torch.cat(attn), torch.cat(resp), torch.cat([p.ended for p in parts]),
-                   [t for p in parts for t in p.texts])
+    return Samples(
+        torch.cat(ids),
+        torch.cat(attn),
+        torch.cat(resp),
+        torch.cat([p.ended for p in parts]),
+        [t for p in parts for t in p.texts],
+    )
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -104,8 +114,15 @@ def truncate_after_eos(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.T
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: Sequence, sampling: SamplingConfig, *, chat_template: bool = True,
-           generator_seed: int | None = None) -> Samples:
+def sample(
+    model,
+    tokenizer,
+    prompts: Sequence,
+    sampling: SamplingConfig,
+    *,
+    chat_template: bool = True,
+    generator_seed: int | None = None,
+) -> Samples:
     """Sample one response per prompt from `model` (left padding, stop at EOS).
 
     Args:

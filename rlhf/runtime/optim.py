@@ -22,8 +22,9 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str) 
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int,
-                    lr_by_prefix: dict[str, float] | None = None):
+def build_optimizer(
+    model: torch.nn.Module, cfg: OptimConfig, total_steps: int, lr_by_prefix: dict[str, float] | None = None
+):
     """AdamW over trainable parameters (no decay on biases and norm weights) and its scheduler.
 
     ``lr_by_prefix`` gives the parameters whose names start with a prefix their own peak LR
@@ -40,13 +41,9 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, total_steps: int,
         {"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
         for (lr, no_decay), params in buckets.items()
     ]
-    optimizer = torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
-    )
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: lr_factor(
-            step, warmup_steps=cfg.warmup_steps, total_steps=total_steps, schedule=cfg.schedule
-        ),
+        lambda step: lr_factor(step, warmup_steps=cfg.warmup_steps, total_steps=total_steps, schedule=cfg.schedule),
     )
     return optimizer, scheduler

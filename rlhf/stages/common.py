@@ -94,7 +94,6 @@ def write_folder_atomically(backend: Backend, folder: Path, write: Callable[[Pat
     return folder
 
 
-
 def save_final_model(backend: Backend, model, tokenizer, folder: Path, *, merge: bool) -> Path:
     """save_pretrained folder written to a temporary name and renamed when complete."""
     state_dict = backend.full_state_dict(model)

@@ -55,8 +55,10 @@ class DPOLossConfig:
     label_smoothing: float = param(0.0, "sigmoid: assumed label-noise rate (conservative DPO).")
     length_normalize: bool = param(False, "Average log-probs over response tokens instead of summing.")
     sft_weight: float = param(
-        0.0, "Weight of an added NLL term on the chosen replies (per-token mean; RPO, Pang et al. 2024): "
-        "keeps the chosen replies likely while DPO widens the margin.")
+        0.0,
+        "Weight of an added NLL term on the chosen replies (per-token mean; RPO, Pang et al. 2024): "
+        "keeps the chosen replies likely while DPO widens the margin.",
+    )
     reference: Literal["precompute", "copy", "lora_disabled", "none"] = param(
         "precompute",
         "precompute: initial policy's log-probs cached once; copy: frozen copy in memory; "
@@ -87,10 +89,17 @@ def _pairs(records, tokenizer, data: DPODataConfig, report) -> list[Pair]:
         prompt = [{"role": "user", "content": record.prompt}] if isinstance(record.prompt, str) else list(record.prompt)
         try:
             rows = [
-                single_row(tokenize_sft(SFTRecord(tuple(prompt) + ({"role": "assistant", "content": reply},),
-                                                  record.source, record.line),
-                                        tokenizer, max_length=data.max_length, chat_template=data.chat_template,
-                                        last_turn_only=True))
+                single_row(
+                    tokenize_sft(
+                        SFTRecord(
+                            tuple(prompt) + ({"role": "assistant", "content": reply},), record.source, record.line
+                        ),
+                        tokenizer,
+                        max_length=data.max_length,
+                        chat_template=data.chat_template,
+                        last_turn_only=True,
+                    )
+                )
                 for reply in (record.chosen, record.rejected)
             ]
         except TooLong as err:
@@ -111,11 +120,23 @@ def _as_pairs(records, kind: str):
 def _load_data(cfg: DPOConfig, tokenizer, backend):
     data = cfg.data
     quarantine = str(Path(cfg.output_dir) / "quarantine.jsonl") if backend.is_main else None
-    records, report = load_kind(list(data.train), data.kind, field_map=data.field_map or None,
-                                quarantine_path=quarantine, strict=data.strict, adapter=data.adapter)
+    records, report = load_kind(
+        list(data.train),
+        data.kind,
+        field_map=data.field_map or None,
+        quarantine_path=quarantine,
+        strict=data.strict,
+        adapter=data.adapter,
+    )
     if data.eval:
-        eval_records, _ = load_kind(list(data.eval), data.kind, field_map=data.field_map or None,
-                                    quarantine_path=None, strict=data.strict, adapter=data.adapter)
+        eval_records, _ = load_kind(
+            list(data.eval),
+            data.kind,
+            field_map=data.field_map or None,
+            quarantine_path=None,
+            strict=data.strict,
+            adapter=data.adapter,
+        )
     else:
         records, eval_records = split_by_prompt(records, data.eval_fraction, cfg.seed)
     train = _pairs(_as_pairs(records, data.kind), tokenizer, data, report)
@@ -149,8 +170,9 @@ def _reference_logps(model, pairs, backend, micro: int, pad_id: int, length_norm
     model.eval()
     rows = []
     for chunk in common.eval_shards(len(pairs), backend, micro):
-        chosen, rejected, _, _ = _sequence_logps(model, [pairs[i] for i in chunk] or pairs[:1], pad_id,
-                                              backend.device, length_normalize)
+        chosen, rejected, _, _ = _sequence_logps(
+            model, [pairs[i] for i in chunk] or pairs[:1], pad_id, backend.device, length_normalize
+        )
         rows += [(i, float(c), float(r)) for i, c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
     model.train()
     table = torch.zeros(len(pairs), 2, dtype=torch.float64)
@@ -165,8 +187,10 @@ def _reference_cache(cfg: DPOConfig, model, train, evaluation, backend, pad_id: 
     if path.exists():
         return torch.load(path, weights_only=True)
     micro, normalize = cfg.batch.micro_batch_size, cfg.dpo.length_normalize
-    cache = {"train": _reference_logps(model, train, backend, micro, pad_id, normalize),
-             "eval": _reference_logps(model, evaluation, backend, micro, pad_id, normalize)}
+    cache = {
+        "train": _reference_logps(model, train, backend, micro, pad_id, normalize),
+        "eval": _reference_logps(model, evaluation, backend, micro, pad_id, normalize),
+    }
     if backend.is_main:
         torch.save(cache, str(path) + ".tmp")
         Path(str(path) + ".tmp").replace(path)
@@ -193,12 +217,21 @@ def _reference_for(pairs, split: str, cfg: DPOConfig, cache, reference_model, po
 
 
 def _step_loss(cfg, policy, pairs, split, cache, reference_model, backend, pad_id, normalizer):
-    chosen, rejected, tokens, chosen_nll = _sequence_logps(policy, pairs, pad_id, backend.device,
-                                                           cfg.dpo.length_normalize)
+    chosen, rejected, tokens, chosen_nll = _sequence_logps(
+        policy, pairs, pad_id, backend.device, cfg.dpo.length_normalize
+    )
     ref_chosen, ref_rejected = _reference_for(pairs, split, cfg, cache, reference_model, policy, backend, pad_id)
-    loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=cfg.dpo.beta,
-                             loss_type=cfg.dpo.loss_type, label_smoothing=cfg.dpo.label_smoothing,
-                             reference_free=cfg.dpo.reference == "none", normalizer=normalizer)
+    loss, metrics = dpo_loss(
+        chosen,
+        rejected,
+        ref_chosen,
+        ref_rejected,
+        beta=cfg.dpo.beta,
+        loss_type=cfg.dpo.loss_type,
+        label_smoothing=cfg.dpo.label_smoothing,
+        reference_free=cfg.dpo.reference == "none",
+        normalizer=normalizer,
+    )
     # Logged "loss" is the DPO loss alone (ln 2 at the start whatever sft_weight is).
     metrics["dpo_loss"] = loss.detach()
     metrics["nll_chosen"] = chosen_nll.detach().mean()
@@ -220,8 +253,9 @@ def evaluate(cfg, policy, pairs, cache, reference_model, backend, pad_id) -> dic
     sums = torch.zeros(1 + len(METRICS), dtype=torch.float64)
     for indices in common.eval_shards(len(pairs), backend, micro):
         chunk = [pairs[i] for i in indices]
-        loss, metrics, _ = _step_loss(cfg, policy, chunk or pairs[:1], "eval", cache, reference_model, backend,
-                                      pad_id, None)
+        loss, metrics, _ = _step_loss(
+            cfg, policy, chunk or pairs[:1], "eval", cache, reference_model, backend, pad_id, None
+        )
         weight = len(chunk)
         sums += torch.tensor([float(metrics["dpo_loss"]) * weight] + [float(metrics[k]) * weight for k in METRICS])
     policy.train()
@@ -256,9 +290,11 @@ def run(cfg: DPOConfig) -> dict:
     start_step, resume = common.resume(cfg, backend)
     tracker = common.tracker(cfg, backend, steps=max_steps, start_step=start_step, stage="dpo")
     tracker.write(report.summary())
-    tracker.write(f"dpo: {len(train)} training pairs, {len(evaluation)} eval pairs; reference {cfg.dpo.reference}; "
-                  f"{backend.world_size} process(es), {backend.distributed_type}; trainable {trainable:,} / {total:,}; "
-                  f"{max_steps} steps of {global_batch} pairs" + (f"; resumed at {start_step}" if resume else ""))
+    tracker.write(
+        f"dpo: {len(train)} training pairs, {len(evaluation)} eval pairs; reference {cfg.dpo.reference}; "
+        f"{backend.world_size} process(es), {backend.distributed_type}; trainable {trainable:,} / {total:,}; "
+        f"{max_steps} steps of {global_batch} pairs" + (f"; resumed at {start_step}" if resume else "")
+    )
 
     # Loop: every process walks the same global batches of pairs and takes its own slice.
     batches = common.global_batches(common.shuffled_stream(train, cfg.seed), global_batch, start_step)
@@ -270,30 +306,47 @@ def run(cfg: DPOConfig) -> dict:
         sums = torch.zeros(2 + len(METRICS), dtype=torch.float64)  # loss, tokens, metrics
         for chunk in common.micro_batches(pairs, backend, micro, cfg.batch.grad_accum):
             with backend.accumulate(policy):
-                loss, metrics, tokens = _step_loss(cfg, policy, chunk, "train", cache, reference_model, backend,
-                                                   pad_id, normalizer=len(pairs))
+                loss, metrics, tokens = _step_loss(
+                    cfg, policy, chunk, "train", cache, reference_model, backend, pad_id, normalizer=len(pairs)
+                )
                 backend.backward(loss)
-            sums += torch.tensor([float(metrics["dpo_loss"]), tokens] + [float(metrics[k]) * len(chunk) for k in METRICS])
+            sums += torch.tensor(
+                [float(metrics["dpo_loss"]), tokens] + [float(metrics[k]) * len(chunk) for k in METRICS]
+            )
         grad_norm = backend.optimizer_step(policy, optimizer)
         scheduler.step()
         totals = backend.all_reduce_sum(sums).tolist()
         elapsed = time.time() - step_start
         if step % cfg.tracking.log_every == 0 or step == max_steps or step == 1:
-            tracker.log(step, {"loss": totals[0], "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                               **{k: v / len(pairs) for k, v in zip(METRICS, totals[2:])},
-                               "tokens_per_s": totals[1] / max(elapsed, 1e-9), "step_time_s": elapsed})
+            tracker.log(
+                step,
+                {
+                    "loss": totals[0],
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    **{k: v / len(pairs) for k, v in zip(METRICS, totals[2:])},
+                    "tokens_per_s": totals[1] / max(elapsed, 1e-9),
+                    "step_time_s": elapsed,
+                },
+            )
         if cfg.eval_steps and step % cfg.eval_steps == 0 and step != max_steps:
             tracker.log(step, evaluate(cfg, policy, evaluation, cache, reference_model, backend, pad_id))
         if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != max_steps:
-            save_checkpoint(backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last)
+            save_checkpoint(
+                backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last
+            )
         tracker.advance()
 
     # Save: checkpoint, eval, and the policy as a save_pretrained folder.
-    save_checkpoint(backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last)
+    save_checkpoint(
+        backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last
+    )
     last_eval = evaluate(cfg, policy, evaluation, cache, reference_model, backend, pad_id)
     if last_eval:
         tracker.log(max_steps, last_eval)
-    model_dir = common.save_final_model(backend, policy, tokenizer, Path(cfg.output_dir) / "model", merge=cfg.model.adapt.merge)
+    model_dir = common.save_final_model(
+        backend, policy, tokenizer, Path(cfg.output_dir) / "model", merge=cfg.model.adapt.merge
+    )
     history = [r for r in tracker.history if "loss" in r]
     summary = {
         "stage": "dpo",

@@ -39,15 +39,25 @@ __all__ = ["PPOConfig", "run"]
 
 def _load_prompts(cfg: PPOConfig, tokenizer, backend) -> tuple[list, object]:
     quarantine = str(Path(cfg.output_dir) / "quarantine.jsonl") if backend.is_main else None
-    records, report = load_kind(list(cfg.data.prompts), "prompt", field_map=cfg.data.field_map or None,
-                                quarantine_path=quarantine, strict=cfg.data.strict, adapter=cfg.data.adapter)
+    records, report = load_kind(
+        list(cfg.data.prompts),
+        "prompt",
+        field_map=cfg.data.field_map or None,
+        quarantine_path=quarantine,
+        strict=cfg.data.strict,
+        adapter=cfg.data.adapter,
+    )
     prompts = []
     for record in records:
-        length = len(tokenizer(render_prompt(tokenizer, record.prompt, cfg.data.chat_template),
-                               add_special_tokens=False)["input_ids"])
+        length = len(
+            tokenizer(render_prompt(tokenizer, record.prompt, cfg.data.chat_template), add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
         if length > cfg.data.max_prompt_length:
-            report.reject_accepted(record, f"prompt is {length} tokens, longer than data.max_prompt_length="
-                                           f"{cfg.data.max_prompt_length}")
+            report.reject_accepted(
+                record, f"prompt is {length} tokens, longer than data.max_prompt_length={cfg.data.max_prompt_length}"
+            )
         else:
             prompts.append(record.prompt)
     report.quarantine.close()
@@ -64,10 +74,11 @@ def _global_whiten(values, mask, backend):
 
 def _save_policy(backend, model, tokenizer, folder: Path, merge: bool) -> Path:
     full = backend.full_state_dict(model)
-    policy_state = {k[len("policy."):]: v for k, v in full.items() if k.startswith("policy.")} if full else None
+    policy_state = {k[len("policy.") :]: v for k, v in full.items() if k.startswith("policy.")} if full else None
     policy = backend.unwrap(model).policy
     return common.write_folder_atomically(
-        backend, folder, lambda tmp: save_model(policy, tokenizer, tmp, merge=merge, state_dict=policy_state))
+        backend, folder, lambda tmp: save_model(policy, tokenizer, tmp, merge=merge, state_dict=policy_state)
+    )
 
 
 def run(cfg: PPOConfig) -> dict:
@@ -81,8 +92,10 @@ def run(cfg: PPOConfig) -> dict:
     world, rank = backend.world_size, backend.rank
     mini_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * world
     if cfg.rollout.batch_size % mini_batch:
-        raise ValueError(f"rollout.batch_size={cfg.rollout.batch_size} must be a multiple of the mini-batch "
-                         f"batch.micro_batch_size x batch.grad_accum x processes = {mini_batch}")
+        raise ValueError(
+            f"rollout.batch_size={cfg.rollout.batch_size} must be a multiple of the mini-batch "
+            f"batch.micro_batch_size x batch.grad_accum x processes = {mini_batch}"
+        )
     per_process = cfg.rollout.batch_size // world
 
     # Setup: policy, reference, critic (all dropout-free), reward, prompts, optimizer, resume.
@@ -91,9 +104,13 @@ def run(cfg: PPOConfig) -> dict:
     lora = cfg.model.adapt.strategy in ("lora", "qlora")
     reference_mode = cfg.reference if cfg.reference != "auto" else ("lora_disabled" if lora else "copy")
     policy = apply_adaptation(policy, cfg.model.adapt)
-    critic = load_critic(cfg.critic.init_from or cfg.model.name_or_path, cfg.critic.adapt,
-                         pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
-                         gradient_checkpointing=cfg.model.gradient_checkpointing)
+    critic = load_critic(
+        cfg.critic.init_from or cfg.model.name_or_path,
+        cfg.critic.adapt,
+        pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+    )
     model = ActorCritic(policy, critic)
     trainable, total = count_parameters(model)
 
@@ -106,20 +123,29 @@ def run(cfg: PPOConfig) -> dict:
     reference = None
     if reference_mode == "copy":
         reference = backend.prepare_frozen(disable_dropout(load_causal_lm(cfg.model)))
-    scorer = Scorer(cfg.reward.model, cfg.reward.functions, cfg.reward.weights, normalize=cfg.reward.normalize,
-                    device=backend.device, prepare=backend.prepare_frozen)
+    scorer = Scorer(
+        cfg.reward.model,
+        cfg.reward.functions,
+        cfg.reward.weights,
+        normalize=cfg.reward.normalize,
+        device=backend.device,
+        prepare=backend.prepare_frozen,
+    )
     kl_ctl = make_kl_controller(cfg.kl.controller, cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
     start_step, resume = common.resume(cfg, backend)
     if resume is not None:
         kl_ctl.load_state_dict(read_checkpoint_state(resume)["kl_controller"])
     tracker = common.tracker(cfg, backend, steps=cfg.max_steps, start_step=start_step, stage="ppo")
     tracker.write(report.summary())
-    tracker.write(f"ppo: {len(prompts)} prompts; reference {reference_mode}; critic from "
-                  f"{cfg.critic.init_from or 'the policy'}; {world} process(es), {backend.distributed_type}; "
-                  f"trainable {trainable:,} / {total:,}; {cfg.max_steps} steps of {cfg.rollout.batch_size} prompts, "
-                  f"{updates_per_step} updates each" + (f"; resumed at {start_step}" if resume else ""))
-    sampling = SamplingConfig(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_k,
-                              cfg.rollout.top_p, True)
+    tracker.write(
+        f"ppo: {len(prompts)} prompts; reference {reference_mode}; critic from "
+        f"{cfg.critic.init_from or 'the policy'}; {world} process(es), {backend.distributed_type}; "
+        f"trainable {trainable:,} / {total:,}; {cfg.max_steps} steps of {cfg.rollout.batch_size} prompts, "
+        f"{updates_per_step} updates each" + (f"; resumed at {start_step}" if resume else "")
+    )
+    sampling = SamplingConfig(
+        cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_k, cfg.rollout.top_p, True
+    )
     temperature = cfg.rollout.temperature
     batches = common.global_batches(common.shuffled_stream(prompts, cfg.seed), cfg.rollout.batch_size, start_step)
     micro = cfg.batch.micro_batch_size
@@ -132,10 +158,17 @@ def run(cfg: PPOConfig) -> dict:
         my_prompts = next(batches)[rank * per_process : (rank + 1) * per_process]
         model.eval()
         with backend.generation_model(model) as unwrapped:
-            parts = [sample(unwrapped.policy, tokenizer, my_prompts[i : i + cfg.rollout.generation_batch_size],
-                            sampling, chat_template=cfg.data.chat_template,
-                            generator_seed=(cfg.seed * 1_000_003 + step) * 100_003 + rank * per_process + i)
-                     for i in range(0, per_process, cfg.rollout.generation_batch_size)]
+            parts = [
+                sample(
+                    unwrapped.policy,
+                    tokenizer,
+                    my_prompts[i : i + cfg.rollout.generation_batch_size],
+                    sampling,
+                    chat_template=cfg.data.chat_template,
+                    generator_seed=(cfg.seed * 1_000_003 + step) * 100_003 + rank * per_process + i,
+                )
+                for i in range(0, per_process, cfg.rollout.generation_batch_size)
+            ]
         samples = concat_samples(parts, tokenizer.pad_token_id)
         mask = samples.response_mask.float()
 
@@ -188,10 +221,17 @@ def run(cfg: PPOConfig) -> dict:
                     with backend.accumulate(model):
                         logits, values = forward_samples(model, chunk, temperature)
                         logps = token_logprobs(logits, chunk.response_ids)
-                        pg, pg_m = ppo_policy_loss(logps, old_logps[idx], advantages[idx], mask[idx],
-                                                   cfg.ppo.clip_eps, normalizer=normalizer)
-                        vf, vf_m = ppo_value_loss(values.float(), old_values[idx], returns[idx], mask[idx],
-                                                  cfg.ppo.value_clip_eps, normalizer=normalizer)
+                        pg, pg_m = ppo_policy_loss(
+                            logps, old_logps[idx], advantages[idx], mask[idx], cfg.ppo.clip_eps, normalizer=normalizer
+                        )
+                        vf, vf_m = ppo_value_loss(
+                            values.float(),
+                            old_values[idx],
+                            returns[idx],
+                            mask[idx],
+                            cfg.ppo.value_clip_eps,
+                            normalizer=normalizer,
+                        )
                         with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ppo.entropy_coef != 0):
                             entropy = masked_sum(entropy_from_logits(logits), mask[idx]) / normalizer
                         loss = pg + cfg.ppo.vf_coef * vf - cfg.ppo.entropy_coef * entropy
@@ -200,9 +240,19 @@ def run(cfg: PPOConfig) -> dict:
                             loss = loss + kl_ctl.value * kl
                         backend.backward(loss)
                     tokens = float(pg_m["tokens"])
-                    sums += torch.tensor([float(pg.detach()), float(vf.detach()), float(entropy.detach()), float(pg_m["clipped_tokens"]),
-                                          float(vf_m["vf_clipped_tokens"]), float(pg_m["approx_kl"]) * tokens,
-                                          tokens, 0.0], dtype=torch.float64)
+                    sums += torch.tensor(
+                        [
+                            float(pg.detach()),
+                            float(vf.detach()),
+                            float(entropy.detach()),
+                            float(pg_m["clipped_tokens"]),
+                            float(vf_m["vf_clipped_tokens"]),
+                            float(pg_m["approx_kl"]) * tokens,
+                            tokens,
+                            0.0,
+                        ],
+                        dtype=torch.float64,
+                    )
                     epoch_kl += torch.tensor([float(pg_m["approx_kl"]) * tokens, tokens], dtype=torch.float64)
                 backend.optimizer_step(model, optimizer)
                 scheduler.step()
@@ -216,10 +266,19 @@ def run(cfg: PPOConfig) -> dict:
         # Step 5: KL controller, metrics, samples, checkpoint.
         seq_kl = (old_logps - ref_logps).mul(mask).sum(-1)
         seq_k3 = kl_penalty(old_logps, ref_logps, "k3").mul(mask).sum(-1)
-        stats = backend.all_reduce_sum(torch.stack([
-            raw_scores.double().sum(), seq_kl.double().sum(), seq_k3.double().sum(),
-            non_score.sum().double(), mask.sum().double(), samples.ended.double().sum(),
-            torch.tensor(float(per_process), dtype=torch.float64)]).cpu())
+        stats = backend.all_reduce_sum(
+            torch.stack(
+                [
+                    raw_scores.double().sum(),
+                    seq_kl.double().sum(),
+                    seq_k3.double().sum(),
+                    non_score.sum().double(),
+                    mask.sum().double(),
+                    samples.ended.double().sum(),
+                    torch.tensor(float(per_process), dtype=torch.float64),
+                ]
+            ).cpu()
+        )
         n = float(stats[6])
         mean_kl = float(stats[1]) / n
         kl_coef = kl_ctl.value
@@ -228,28 +287,47 @@ def run(cfg: PPOConfig) -> dict:
         updates = max(float(sums[7]), 1.0)
         ev = backend.mean_over_processes(float(explained_variance(old_values, returns, mask)))
         metrics = {
-            "score": float(stats[0]) / n, "kl": mean_kl, "kl_k3": float(stats[2]) / n,
-            "non_score_reward": float(stats[3]) / n, "kl_coef": kl_coef,
-            "policy_loss": float(totals[0]) / updates, "value_loss": float(totals[1]) / updates,
-            "entropy": float(totals[2]) / updates, "clipfrac": float(totals[3] / totals[6].clamp(min=1)),
+            "score": float(stats[0]) / n,
+            "kl": mean_kl,
+            "kl_k3": float(stats[2]) / n,
+            "non_score_reward": float(stats[3]) / n,
+            "kl_coef": kl_coef,
+            "policy_loss": float(totals[0]) / updates,
+            "value_loss": float(totals[1]) / updates,
+            "entropy": float(totals[2]) / updates,
+            "clipfrac": float(totals[3] / totals[6].clamp(min=1)),
             "vf_clipfrac": float(totals[4] / totals[6].clamp(min=1)),
-            "approx_kl": float(totals[5] / totals[6].clamp(min=1)), "explained_variance": ev,
-            "eos_rate": float(stats[5]) / n, "response_length": float(stats[4]) / n, "epochs_run": epochs_run,
-            "rollout_s": rollout_s, "update_s": update_s,
-            "tokens_per_s": float(stats[4]) / max(rollout_s + update_s, 1e-9), "lr": scheduler.get_last_lr()[0],
+            "approx_kl": float(totals[5] / totals[6].clamp(min=1)),
+            "explained_variance": ev,
+            "eos_rate": float(stats[5]) / n,
+            "response_length": float(stats[4]) / n,
+            "epochs_run": epochs_run,
+            "rollout_s": rollout_s,
+            "update_s": update_s,
+            "tokens_per_s": float(stats[4]) / max(rollout_s + update_s, 1e-9),
+            "lr": scheduler.get_last_lr()[0],
         }
         # "loss" drives the progress bar's readout: the PPO objective of the last epochs.
         if step % cfg.tracking.log_every == 0 or step in (1, cfg.max_steps):  # step 1 is the summary's first_score
             tracker.log(step, {"loss": metrics["policy_loss"] + cfg.ppo.vf_coef * metrics["value_loss"], **metrics})
         if cfg.rollout.log_samples_every and (step % cfg.rollout.log_samples_every == 0 or step == 1):
-            tracker.log_samples(step, [{"prompt": str(p), "response": r, "score": float(s)} for p, r, s in
-                                       zip(my_prompts, samples.texts, raw_scores.tolist())][: cfg.rollout.log_samples])
+            tracker.log_samples(
+                step,
+                [
+                    {"prompt": str(p), "response": r, "score": float(s)}
+                    for p, r, s in zip(my_prompts, samples.texts, raw_scores.tolist())
+                ][: cfg.rollout.log_samples],
+            )
         if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != cfg.max_steps:
-            save_checkpoint(backend, cfg.output_dir, step, {"kl_controller": kl_ctl.state_dict()}, cfg.checkpoint.keep_last)
+            save_checkpoint(
+                backend, cfg.output_dir, step, {"kl_controller": kl_ctl.state_dict()}, cfg.checkpoint.keep_last
+            )
         tracker.advance()
 
     # Save: last checkpoint and the policy as a save_pretrained folder.
-    save_checkpoint(backend, cfg.output_dir, cfg.max_steps, {"kl_controller": kl_ctl.state_dict()}, cfg.checkpoint.keep_last)
+    save_checkpoint(
+        backend, cfg.output_dir, cfg.max_steps, {"kl_controller": kl_ctl.state_dict()}, cfg.checkpoint.keep_last
+    )
     model_dir = _save_policy(backend, model, tokenizer, Path(cfg.output_dir) / "model", cfg.model.adapt.merge)
     history = [r for r in tracker.history if "score" in r]
     summary = {

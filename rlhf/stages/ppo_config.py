@@ -33,7 +33,8 @@ class RolloutConfig:
     top_p: float = param(1.0, "Nucleus sampling mass (1 = all).")
     generation_batch_size: int = param(64, "Prompts generated at once on each process.")
     missing_eos_score: Optional[float] = param(
-        -1.0, "Score of a response that never emits EOS, replacing the reward (null keeps the reward).")
+        -1.0, "Score of a response that never emits EOS, replacing the reward (null keeps the reward)."
+    )
     log_samples_every: int = param(10, "Write a few generations to samples.jsonl / wandb every N steps (0 = never).")
     log_samples: int = param(4, "How many generations to write each time.")
 
@@ -44,9 +45,12 @@ class RewardConfig:
 
     model: Optional[str] = param(None, "Reward model folder written by `rlhf rm`.")
     normalize: bool = param(True, "Apply the reward model's saved normalisation (mean 0, std 1 on SFT samples).")
-    functions: list[str] = param(default_factory=list, doc="Python reward functions 'module:function(prompt, response)'.")
-    weights: list[float] = param(default_factory=list, doc="One weight per source: the model first, then the "
-                                 "functions (empty = all 1).")
+    functions: list[str] = param(
+        default_factory=list, doc="Python reward functions 'module:function(prompt, response)'."
+    )
+    weights: list[float] = param(
+        default_factory=list, doc="One weight per source: the model first, then the functions (empty = all 1)."
+    )
     clip: Optional[float] = param(None, "Clip scores to [-clip, clip].")
     whiten: bool = param(False, "Whiten scores over the rollout batch (all processes).")
 
@@ -67,8 +71,10 @@ class KLConfig:
 class CriticConfig:
     """The value model."""
 
-    init_from: Optional[str] = param(None, "Reward model (or causal LM) folder to start from; null = the "
-                                     "policy's starting weights with a new value head.")
+    init_from: Optional[str] = param(
+        None,
+        "Reward model (or causal LM) folder to start from; null = the policy's starting weights with a new value head.",
+    )
     adapt: AdaptConfig = param(default_factory=AdaptConfig, doc="How the critic is trained (full, LoRA, ...).")
     lr: Optional[float] = param(None, "Critic peak learning rate (null = optim.lr).")
 
@@ -85,8 +91,9 @@ class PPOLossConfig:
     gamma: float = param(1.0, "Discount.")
     lam: float = param(0.95, "GAE lambda.")
     whiten_advantages: bool = param(True, "Whiten advantages over valid tokens of the batch (all processes).")
-    target_kl: Optional[float] = param(None, "Stop the epochs of a step early when the approximate KL to the "
-                                       "rollout policy exceeds this.")
+    target_kl: Optional[float] = param(
+        None, "Stop the epochs of a step early when the approximate KL to the rollout policy exceeds this."
+    )
 
 
 @dataclass(frozen=True)
@@ -95,12 +102,17 @@ class PPOConfig(StageConfig):
     the mini-batch of an optimizer step is batch.micro_batch_size x batch.grad_accum x processes."""
 
     output_dir: str = param("runs/ppo", "Folder for the model, checkpoints, logs, samples and plots.")
-    max_steps: int = param(100, "PPO steps (rollout + update); must be > 0: PPO does not derive its length "
-                           "from `epochs`.")
-    epochs: float = param(1.0, "Not used by PPO: the run lasts max_steps PPO steps (the passes over each "
-                          "rollout batch are ppo.epochs).")
-    eval_steps: int = param(0, "Not used by PPO: it has no held-out evaluation; its rollout metrics (score, KL, "
-                            "...) are logged every tracking.log_every steps.")
+    max_steps: int = param(
+        100, "PPO steps (rollout + update); must be > 0: PPO does not derive its length from `epochs`."
+    )
+    epochs: float = param(
+        1.0, "Not used by PPO: the run lasts max_steps PPO steps (the passes over each rollout batch are ppo.epochs)."
+    )
+    eval_steps: int = param(
+        0,
+        "Not used by PPO: it has no held-out evaluation; its rollout metrics (score, KL, "
+        "...) are logged every tracking.log_every steps.",
+    )
     data: PPODataConfig = param(default_factory=PPODataConfig, doc="Prompts.")
     rollout: RolloutConfig = param(default_factory=RolloutConfig, doc="Generation.")
     reward: RewardConfig = param(default_factory=RewardConfig, doc="Scores.")
@@ -108,36 +120,49 @@ class PPOConfig(StageConfig):
     critic: CriticConfig = param(default_factory=CriticConfig, doc="Value model.")
     ppo: PPOLossConfig = param(default_factory=PPOLossConfig, doc="PPO update.")
     reference: Literal["auto", "copy", "lora_disabled"] = param(
-        "auto", "copy: frozen copy of the policy; lora_disabled: the policy with adapters off (LoRA only, one "
-        "base model in memory); auto: lora_disabled for LoRA, else copy.")
+        "auto",
+        "copy: frozen copy of the policy; lora_disabled: the policy with adapters off (LoRA only, one "
+        "base model in memory); auto: lora_disabled for LoRA, else copy.",
+    )
 
     def __post_init__(self) -> None:
         # Combinations checked when the config is built, before a run writes anything; the
         # mini-batch check that involves the number of processes is repeated when the run starts.
         if self.max_steps <= 0:
-            raise ValueError(f"max_steps must be > 0 for PPO (it does not derive its length from epochs), "
-                             f"got {self.max_steps}")
-        for key, value in (("rollout.batch_size", self.rollout.batch_size),
-                           ("rollout.generation_batch_size", self.rollout.generation_batch_size),
-                           ("batch.micro_batch_size", self.batch.micro_batch_size),
-                           ("batch.grad_accum", self.batch.grad_accum)):
+            raise ValueError(
+                f"max_steps must be > 0 for PPO (it does not derive its length from epochs), got {self.max_steps}"
+            )
+        for key, value in (
+            ("rollout.batch_size", self.rollout.batch_size),
+            ("rollout.generation_batch_size", self.rollout.generation_batch_size),
+            ("batch.micro_batch_size", self.batch.micro_batch_size),
+            ("batch.grad_accum", self.batch.grad_accum),
+        ):
             if value < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
         local_mini = self.batch.micro_batch_size * self.batch.grad_accum
         if self.rollout.batch_size % local_mini:
-            raise ValueError(f"rollout.batch_size={self.rollout.batch_size} must be a multiple of the mini-batch "
-                             f"batch.micro_batch_size x batch.grad_accum = {local_mini} (x the number of processes, "
-                             "checked when the run starts)")
+            raise ValueError(
+                f"rollout.batch_size={self.rollout.batch_size} must be a multiple of the mini-batch "
+                f"batch.micro_batch_size x batch.grad_accum = {local_mini} (x the number of processes, "
+                "checked when the run starts)"
+            )
         if self.rollout.temperature <= 0:
-            raise ValueError(f"rollout.temperature must be > 0 (log-probs are taken at that temperature), "
-                             f"got {self.rollout.temperature}")
+            raise ValueError(
+                f"rollout.temperature must be > 0 (log-probs are taken at that temperature), "
+                f"got {self.rollout.temperature}"
+            )
         if self.reference == "lora_disabled" and self.model.adapt.strategy not in ("lora", "qlora"):
-            raise ValueError(f"reference=lora_disabled needs model.adapt.strategy lora or qlora, got "
-                             f"{self.model.adapt.strategy!r}; use reference=copy (or auto)")
+            raise ValueError(
+                f"reference=lora_disabled needs model.adapt.strategy lora or qlora, got "
+                f"{self.model.adapt.strategy!r}; use reference=copy (or auto)"
+            )
         sources = ([f"reward.model={self.reward.model}"] if self.reward.model else []) + list(self.reward.functions)
         if self.reward.weights and len(self.reward.weights) != len(sources):
-            raise ValueError(f"reward.weights has {len(self.reward.weights)} entries for {len(sources)} reward "
-                             f"source(s) (reward.model first, then reward.functions: {', '.join(sources) or 'none'})")
+            raise ValueError(
+                f"reward.weights has {len(self.reward.weights)} entries for {len(sources)} reward "
+                f"source(s) (reward.model first, then reward.functions: {', '.join(sources) or 'none'})"
+            )
         self._check_kl()
 
     def _check_kl(self) -> None:
@@ -154,6 +179,8 @@ class PPOConfig(StageConfig):
         clip = AdaptiveKLController.PROPORTIONAL_ERROR_CLIP
         smallest = clip * self.rollout.batch_size
         if kl.horizon <= smallest:
-            raise ValueError(f"kl.horizon={kl.horizon} is too small for rollout.batch_size={self.rollout.batch_size}: "
-                             f"the adaptive KL coefficient changes by up to {clip:g} x batch_size / horizon per step, "
-                             f"which must stay below 1; use kl.horizon > {smallest:g}")
+            raise ValueError(
+                f"kl.horizon={kl.horizon} is too small for rollout.batch_size={self.rollout.batch_size}: "
+                f"the adaptive KL coefficient changes by up to {clip:g} x batch_size / horizon per step, "
+                f"which must stay below 1; use kl.horizon > {smallest:g}"
+            )

@@ -25,10 +25,15 @@ STAGES: dict[str, Stage] = {
     for stage in (
         Stage("sft", "rlhf.stages.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or chat data"),
         Stage("rm", "rlhf.stages.rm", "RMConfig", "train a reward model on pairwise, ranked or rated preferences"),
-        Stage("ppo", "rlhf.stages.ppo", "PPOConfig",
-              "RLHF with PPO (clipped surrogate) against a reward model or function"),
-        Stage("dpo", "rlhf.stages.dpo", "DPOConfig",
-              "direct preference optimisation (alternative to reward model + PPO)"),
+        Stage(
+            "ppo",
+            "rlhf.stages.ppo",
+            "PPOConfig",
+            "RLHF with PPO (clipped surrogate) against a reward model or function",
+        ),
+        Stage(
+            "dpo", "rlhf.stages.dpo", "DPOConfig", "direct preference optimisation (alternative to reward model + PPO)"
+        ),
     )
 }
 STAGE_ORDER: tuple[str, ...] = tuple(STAGES)

@@ -87,8 +87,15 @@ def _groups(records, tokenizer, data: RMDataConfig, report) -> list[Group]:
     groups = []
     for record in records:
         try:
-            groups.append(make_group(record, tokenizer, max_length=data.max_length, truncation=data.truncation,
-                                     chat_template=data.chat_template))
+            groups.append(
+                make_group(
+                    record,
+                    tokenizer,
+                    max_length=data.max_length,
+                    truncation=data.truncation,
+                    chat_template=data.chat_template,
+                )
+            )
         except TooLong as err:
             report.reject_accepted(record, str(err))
     return groups
@@ -97,12 +104,23 @@ def _groups(records, tokenizer, data: RMDataConfig, report) -> list[Group]:
 def _load_data(cfg: RMConfig, tokenizer, backend):
     data = cfg.data
     quarantine = str(Path(cfg.output_dir) / "quarantine.jsonl") if backend.is_main else None
-    records, report = load_kind(list(data.train), data.kind, field_map=data.field_map or None,
-                                quarantine_path=quarantine, strict=data.strict, adapter=data.adapter)
+    records, report = load_kind(
+        list(data.train),
+        data.kind,
+        field_map=data.field_map or None,
+        quarantine_path=quarantine,
+        strict=data.strict,
+        adapter=data.adapter,
+    )
     if data.eval:
-        eval_records, _ = load_kind(list(data.eval), data.eval_kind or data.kind,
-                                              field_map=data.field_map or None, strict=data.strict,
-                                              quarantine_path=None, adapter=data.adapter)
+        eval_records, _ = load_kind(
+            list(data.eval),
+            data.eval_kind or data.kind,
+            field_map=data.field_map or None,
+            strict=data.strict,
+            quarantine_path=None,
+            adapter=data.adapter,
+        )
     else:
         records, eval_records = split_by_prompt(records, data.eval_fraction, cfg.seed)
     train = _groups(_as_training_records(records, data), tokenizer, data, report)
@@ -228,9 +246,13 @@ def run(cfg: RMConfig) -> dict:
         scheduler.step()
         total_loss, correct, pairs = backend.all_reduce_sum(sums).tolist()
         if step % cfg.tracking.log_every == 0 or step == max_steps:
-            row = {"loss": total_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                   "sequences_per_s": responses / max(time.time() - step_start, 1e-9),
-                   "step_time_s": time.time() - step_start}
+            row = {
+                "loss": total_loss,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "sequences_per_s": responses / max(time.time() - step_start, 1e-9),
+                "step_time_s": time.time() - step_start,
+            }
             if pairs:
                 row["train_accuracy"] = correct / pairs
             tracker.log(step, row)
@@ -238,11 +260,15 @@ def run(cfg: RMConfig) -> dict:
             result, _ = evaluate(model, eval_groups, backend, micro, pad_id)
             tracker.log(step, {k: v for k, v in result.items() if k != "calibration"})
         if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != max_steps:
-            save_checkpoint(backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last)
+            save_checkpoint(
+                backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last
+            )
         tracker.advance()
 
     # Save: checkpoint, eval, the model folder, then the normalisation fitted with the saved model.
-    save_checkpoint(backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last)
+    save_checkpoint(
+        backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last
+    )
     result, margins = evaluate(model, eval_groups, backend, micro, pad_id)
     if result:
         tracker.log(max_steps, {k: v for k, v in result.items() if k != "calibration"})
@@ -250,9 +276,11 @@ def run(cfg: RMConfig) -> dict:
     unwrapped = backend.unwrap(model)
     info = {"kind": cfg.data.kind, "chat_template": cfg.data.chat_template, "max_length": cfg.data.max_length}
     model_dir = common.write_folder_atomically(
-        backend, out / "model",
-        lambda tmp: save_reward_model(unwrapped, tokenizer, str(tmp), state_dict=state_dict,
-                                      merge=cfg.model.adapt.merge, extra=info),
+        backend,
+        out / "model",
+        lambda tmp: save_reward_model(
+            unwrapped, tokenizer, str(tmp), state_dict=state_dict, merge=cfg.model.adapt.merge, extra=info
+        ),
     )
     normalization = _fit_normalization(cfg, model_dir) if backend.is_main and cfg.normalize.data else None
     backend.barrier()

@@ -202,11 +202,15 @@ def run(cfg: SFTConfig) -> dict:
             last_eval = evaluate(model, eval_rows, backend, cfg.batch.micro_batch_size, pad_id)
             tracker.log(step, last_eval)
         if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != max_steps:
-            save_checkpoint(backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last)
+            save_checkpoint(
+                backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last
+            )
         tracker.advance()
 
     # Save: final checkpoint (resumable), eval, and the model as a save_pretrained folder.
-    save_checkpoint(backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last)
+    save_checkpoint(
+        backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last
+    )
     last_eval = evaluate(model, eval_rows, backend, cfg.batch.micro_batch_size, pad_id)
     if last_eval:
         tracker.log(max_steps, last_eval)
@@ -227,4 +231,3 @@ def run(cfg: SFTConfig) -> dict:
     tracker.finish(summary)
     backend.end()
     return summary
-

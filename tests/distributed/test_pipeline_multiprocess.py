@@ -12,8 +12,18 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 @pytest.mark.parametrize("engine, port", [("ddp", 29631), ("zero3", 29632)])
 def test_pipeline_runs_every_stage_on_the_launched_engine(tmp_path, engine, port):
     out = tmp_path / "p"
-    launch(engine, port, ["pipeline", "--config", "configs/pipeline/tiny.yaml", f"output_dir={out}",
-                          *PIPELINE_SHORT, "ppo.batch.micro_batch_size=8"])
+    launch(
+        engine,
+        port,
+        [
+            "pipeline",
+            "--config",
+            "configs/pipeline/tiny.yaml",
+            f"output_dir={out}",
+            *PIPELINE_SHORT,
+            "ppo.batch.micro_batch_size=8",
+        ],
+    )
     record = json.loads((out / "pipeline.json").read_text())
     expected = ("DEEPSPEED", 3) if engine == "zero3" else ("MULTI_CPU", None)
     for stage in ("sft", "rm", "ppo", "dpo"):

@@ -22,13 +22,31 @@ from rlhf.stages.ppo import run as run_ppo
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-PPO_ARGS = ["tracking.mode=disabled", "tracking.progress=false", "model.name_or_path=builtin:tiny",
-            "data.prompts=['builtin:judged-prompts?n=100']", "rollout.batch_size=16", "rollout.max_new_tokens=10",
-            "rollout.generation_batch_size=8", "ppo.epochs=2", "checkpoint.save_steps=0", "max_steps=2",
-            "kl.controller=adaptive", "kl.horizon=200"]
-DPO_ARGS = ["tracking.mode=disabled", "tracking.progress=false", "eval_steps=0", "data.max_length=96",
-            "checkpoint.save_steps=0", "max_steps=3", "model.name_or_path=builtin:tiny",
-            "data.train=['builtin:judged-pairwise?n=120']", "data.eval=['builtin:judged-pairwise?n=30&seed=9']"]
+PPO_ARGS = [
+    "tracking.mode=disabled",
+    "tracking.progress=false",
+    "model.name_or_path=builtin:tiny",
+    "data.prompts=['builtin:judged-prompts?n=100']",
+    "rollout.batch_size=16",
+    "rollout.max_new_tokens=10",
+    "rollout.generation_batch_size=8",
+    "ppo.epochs=2",
+    "checkpoint.save_steps=0",
+    "max_steps=2",
+    "kl.controller=adaptive",
+    "kl.horizon=200",
+]
+DPO_ARGS = [
+    "tracking.mode=disabled",
+    "tracking.progress=false",
+    "eval_steps=0",
+    "data.max_length=96",
+    "checkpoint.save_steps=0",
+    "max_steps=3",
+    "model.name_or_path=builtin:tiny",
+    "data.train=['builtin:judged-pairwise?n=120']",
+    "data.eval=['builtin:judged-pairwise?n=30&seed=9']",
+]
 
 
 def launch_stage(tmp_path, name, engine, port, stage, config, args):
@@ -46,10 +64,22 @@ def assert_same_weights(a_dir, b_dir, atol=5e-6):
 
 @pytest.mark.parametrize("engine", ["ddp", "zero3"])
 def test_ppo_two_processes_match_one(tmp_path, engine):
-    run_ppo(load_config(PPOConfig, str(REPO / "configs/ppo/tiny.yaml"),
-                        [f"output_dir={tmp_path / 'single'}", *PPO_ARGS, "batch.micro_batch_size=16"]))
-    summary = launch_stage(tmp_path, engine, engine, 29551 if engine == "ddp" else 29552, "ppo", "configs/ppo/tiny.yaml",
-                     [*PPO_ARGS, "batch.micro_batch_size=4", "batch.grad_accum=2"])
+    run_ppo(
+        load_config(
+            PPOConfig,
+            str(REPO / "configs/ppo/tiny.yaml"),
+            [f"output_dir={tmp_path / 'single'}", *PPO_ARGS, "batch.micro_batch_size=16"],
+        )
+    )
+    summary = launch_stage(
+        tmp_path,
+        engine,
+        engine,
+        29551 if engine == "ddp" else 29552,
+        "ppo",
+        "configs/ppo/tiny.yaml",
+        [*PPO_ARGS, "batch.micro_batch_size=4", "batch.grad_accum=2"],
+    )
     assert summary["world_size"] == 2 and summary["zero_stage"] == (3 if engine == "zero3" else None)
     single = [json.loads(ln) for ln in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     multi = [json.loads(ln) for ln in (tmp_path / engine / "metrics.jsonl").read_text().splitlines()]
@@ -60,10 +90,22 @@ def test_ppo_two_processes_match_one(tmp_path, engine):
 
 
 def test_dpo_zero3_with_precomputed_reference_matches_one_process(tmp_path):
-    run_dpo(load_config(DPOConfig, str(REPO / "configs/dpo/tiny.yaml"),
-                        [f"output_dir={tmp_path / 'single'}", *DPO_ARGS, "batch.micro_batch_size=8"]))
-    summary = launch_stage(tmp_path, "zero3", "zero3", 29553, "dpo", "configs/dpo/tiny.yaml",
-                     [*DPO_ARGS, "batch.micro_batch_size=2", "batch.grad_accum=2"])
+    run_dpo(
+        load_config(
+            DPOConfig,
+            str(REPO / "configs/dpo/tiny.yaml"),
+            [f"output_dir={tmp_path / 'single'}", *DPO_ARGS, "batch.micro_batch_size=8"],
+        )
+    )
+    summary = launch_stage(
+        tmp_path,
+        "zero3",
+        "zero3",
+        29553,
+        "dpo",
+        "configs/dpo/tiny.yaml",
+        [*DPO_ARGS, "batch.micro_batch_size=2", "batch.grad_accum=2"],
+    )
     single = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert summary["zero_stage"] == 3 and summary["first_loss"] == pytest.approx(0.6931472, abs=1e-4)
     assert summary["eval_accuracy"] == pytest.approx(single["eval_accuracy"])

@@ -27,8 +27,11 @@ def launch_sft(tmp_path, name, engine, port, *extra):
 
 
 def single(tmp_path):
-    cfg = load_config(SFTConfig, str(REPO / "configs/sft/tiny.yaml"),
-                      sft_overrides(tmp_path / "single", "max_steps=3", "batch.micro_batch_size=16"))
+    cfg = load_config(
+        SFTConfig,
+        str(REPO / "configs/sft/tiny.yaml"),
+        sft_overrides(tmp_path / "single", "max_steps=3", "batch.micro_batch_size=16"),
+    )
     run(cfg)
     return tmp_path / "single"
 
@@ -50,8 +53,9 @@ def test_ddp_two_processes_match_one(tmp_path):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_two_processes_match_one(tmp_path, stage):
-    zero = launch_sft(tmp_path, f"zero{stage}", f"zero{stage}", 29530 + stage,
-                      "batch.micro_batch_size=4", "batch.grad_accum=2")
+    zero = launch_sft(
+        tmp_path, f"zero{stage}", f"zero{stage}", 29530 + stage, "batch.micro_batch_size=4", "batch.grad_accum=2"
+    )
     summary = json.loads((zero / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["distributed_type"] == "DEEPSPEED"
     assert summary["zero_stage"] == stage
@@ -64,6 +68,8 @@ def test_deepspeed_dropped_by_cpu_flag_is_refused(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
     env.update(ACCELERATE_USE_CPU="1", ACCELERATE_USE_DEEPSPEED="true", WORLD_SIZE="1")
     code = "from rlhf.runtime.backend import Backend; Backend(seed=0)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode != 0
     assert "DeepSpeed was requested" in result.stderr

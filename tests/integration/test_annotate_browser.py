@@ -15,11 +15,22 @@ from preference_data.annotation.store import AnnotationStore
 
 pytestmark = pytest.mark.slow
 
-TASKS = [{"id": "t1", "prompt": "Tell me about the red fox.",
-          "responses": ["Whatever. Figure it out.", "The blue car is fast.",
-                        "Of course! The red fox is shy and alert. It hunts at night. Thanks for asking."]},
-         {"id": "t2", "prompt": "Describe the green kite, please.",
-          "responses": ["The green kite flies high in the wind.", "No."]}]
+TASKS = [
+    {
+        "id": "t1",
+        "prompt": "Tell me about the red fox.",
+        "responses": [
+            "Whatever. Figure it out.",
+            "The blue car is fast.",
+            "Of course! The red fox is shy and alert. It hunts at night. Thanks for asking.",
+        ],
+    },
+    {
+        "id": "t2",
+        "prompt": "Describe the green kite, please.",
+        "responses": ["The green kite flies high in the wind.", "No."],
+    },
+]
 
 
 def _browser():
@@ -27,8 +38,10 @@ def _browser():
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, ("the browser test needs Debian's chromium and chromium-driver "
-                                 "(`make test` installs them: apt-get install chromium chromium-driver)")
+    assert chromium and driver, (
+        "the browser test needs Debian's chromium and chromium-driver "
+        "(`make test` installs them: apt-get install chromium chromium-driver)"
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,800"):

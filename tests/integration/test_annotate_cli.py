@@ -29,10 +29,30 @@ def test_add_annotator_prints_token_last(tmp_path, capsys):
 
 
 def test_generate_on_tiny_model(tmp_path, capsys):
-    prompts = write(tmp_path / "prompts.jsonl", [{"prompt": f"Tell me about the {c} fox."} for c in ("red", "blue", "green")])
+    prompts = write(
+        tmp_path / "prompts.jsonl", [{"prompt": f"Tell me about the {c} fox."} for c in ("red", "blue", "green")]
+    )
     out = tmp_path / "tasks.jsonl"
-    code = main(["annotate", "generate", "--model", "builtin:tiny", "--prompts", prompts, "-k", "2",
-                 "--out", str(out), "--max-new-tokens", "6", "--batch-size", "2", "--device", "cpu"])
+    code = main(
+        [
+            "annotate",
+            "generate",
+            "--model",
+            "builtin:tiny",
+            "--prompts",
+            prompts,
+            "-k",
+            "2",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "6",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -44,20 +64,46 @@ def test_generate_on_tiny_model(tmp_path, capsys):
         assert store.import_tasks(out) == len(rows)
     # Same seed, same tasks.
     again = tmp_path / "again.jsonl"
-    assert main(["annotate", "generate", "--model", "builtin:tiny", "--prompts", prompts, "-k", "2",
-                 "--out", str(again), "--max-new-tokens", "6", "--batch-size", "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "annotate",
+                "generate",
+                "--model",
+                "builtin:tiny",
+                "--prompts",
+                prompts,
+                "-k",
+                "2",
+                "--out",
+                str(again),
+                "--max-new-tokens",
+                "6",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert again.read_text() == out.read_text()
-    assert main(["annotate", "generate", "--model", "builtin:tiny", "--prompts", prompts, "-k", "1",
-                 "--out", str(again)]) == 2
+    assert (
+        main(["annotate", "generate", "--model", "builtin:tiny", "--prompts", prompts, "-k", "1", "--out", str(again)])
+        == 2
+    )
     assert "-k must be >= 2" in capsys.readouterr().err
 
 
 def test_import_export_round_trip(tmp_path, capsys):
     db = str(tmp_path / "ann.db")
-    tasks = write(tmp_path / "tasks.jsonl", [
-        {"id": "a", "prompt": "Tell me about the owl.", "responses": ["Owls hunt at night.", "No.", "Blue."]},
-        {"id": "b", "prompt": "Tell me about the cat.", "responses": ["Cats purr.", "Meh."]},
-    ])
+    tasks = write(
+        tmp_path / "tasks.jsonl",
+        [
+            {"id": "a", "prompt": "Tell me about the owl.", "responses": ["Owls hunt at night.", "No.", "Blue."]},
+            {"id": "b", "prompt": "Tell me about the cat.", "responses": ["Cats purr.", "Meh."]},
+        ],
+    )
     assert main(["annotate", "import", "--tasks", tasks, "--db", db]) == 0
     assert "2 new tasks" in capsys.readouterr().out
     assert main(["annotate", "import", "--tasks", tasks, "--db", db]) == 0

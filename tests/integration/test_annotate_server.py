@@ -19,10 +19,15 @@ K = 3
 
 def build_store(tmp_path, n_tasks, annotators, db_name="annotations.db"):
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text("".join(
-        json.dumps({"id": f"t{i:04d}", "prompt": f"prompt <b>{i}</b>",
-                    "responses": [f"answer {i}.{j}" for j in range(K)]}) + "\n"
-        for i in range(n_tasks)))
+    tasks.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"t{i:04d}", "prompt": f"prompt <b>{i}</b>", "responses": [f"answer {i}.{j}" for j in range(K)]}
+            )
+            + "\n"
+            for i in range(n_tasks)
+        )
+    )
     store = Store(tmp_path / db_name)
     assert store.import_tasks(tasks) == n_tasks
     tokens = {name: store.add_annotator(name) for name in annotators}
@@ -100,9 +105,12 @@ def test_every_api_endpoint_needs_a_valid_token(env):
     _, tokens, port = env
     for token in (None, "wrong-token"):
         c = Client(port, token)
-        for method, path, body in (("GET", "/api/next", None), ("GET", "/api/progress", None),
-                                   ("POST", "/api/judgements", {"task_id": "t0000", "ranks": [0, 1, 2]}),
-                                   ("POST", "/api/skip", {"task_id": "t0000"})):
+        for method, path, body in (
+            ("GET", "/api/next", None),
+            ("GET", "/api/progress", None),
+            ("POST", "/api/judgements", {"task_id": "t0000", "ranks": [0, 1, 2]}),
+            ("POST", "/api/skip", {"task_id": "t0000"}),
+        ):
             status, payload, _ = c.request(method, path, body)
             assert status == 401, (token, path)
             assert "error" in payload and tokens["alice"] not in json.dumps(payload)
@@ -155,19 +163,19 @@ def test_bad_requests_get_4xx_json_never_500(env):
     store, tokens, port = env
     c = Client(port, tokens["alice"])
     cases = [
-        ({"task_id": "t0000", "ranks": [0, 1]}, 400),             # wrong length (store)
-        ({"task_id": "t0000", "ranks": [0, 1, -1]}, 400),         # negative (store)
-        ({"task_id": "t0000", "ranks": [1, 1, 1]}, 400),          # no preference (store)
+        ({"task_id": "t0000", "ranks": [0, 1]}, 400),  # wrong length (store)
+        ({"task_id": "t0000", "ranks": [0, 1, -1]}, 400),  # negative (store)
+        ({"task_id": "t0000", "ranks": [1, 1, 1]}, 400),  # no preference (store)
         ({"task_id": 7, "ranks": [0, 1, 2]}, 400),
-        ({"task_id": "t0000", "ranks": "1,2,3"}, 400),            # wrong type
-        ({"task_id": "t0000", "ranks": [0, 1, True]}, 400),       # a bool is not a rank
+        ({"task_id": "t0000", "ranks": "1,2,3"}, 400),  # wrong type
+        ({"task_id": "t0000", "ranks": [0, 1, True]}, 400),  # a bool is not a rank
         ({"task_id": "t0000", "ranks": [0.0, 1, 2]}, 400),
         ({"task_id": ["t0000"], "ranks": [0, 1, 2]}, 400),
         ({"task_id": "t0000", "ranks": [0, 1, 2], "comment": 5}, 400),
         ({"task_id": "t0000", "ranks": [0, 1, 2], "score": 1}, 400),  # unknown field
-        ({"ranks": [0, 1, 2]}, 400),                               # missing field
-        ([0, 1, 2], 400),                                          # not an object
-        ({"task_id": "nope", "ranks": [0, 1, 2]}, 404),            # unknown task
+        ({"ranks": [0, 1, 2]}, 400),  # missing field
+        ([0, 1, 2], 400),  # not an object
+        ({"task_id": "nope", "ranks": [0, 1, 2]}, 404),  # unknown task
     ]
     for body, expected in cases:
         status, payload, _ = c.request("POST", "/api/judgements", body)
@@ -261,8 +269,7 @@ def test_restart_loses_nothing_acknowledged(tmp_path):
     store, tokens = build_store(tmp_path, 30, names)
     running = Running(store, per_task=4)
     acked: list = []
-    threads = [threading.Thread(target=_annotate_until_done, args=(running.port, tokens[n], acked))
-               for n in names]
+    threads = [threading.Thread(target=_annotate_until_done, args=(running.port, tokens[n], acked)) for n in names]
     for t in threads:
         t.start()
     deadline = time.time() + 10
@@ -290,5 +297,4 @@ def test_restart_loses_nothing_acknowledged(tmp_path):
         running.stop()
     assert reopened.count_judgements() == 120
     assert not set(acked) & set(more)
-    assert sorted(_pairs(tmp_path / "annotations.db")) == sorted(
-        (n, f"t{i:04d}") for n in names for i in range(30))
+    assert sorted(_pairs(tmp_path / "annotations.db")) == sorted((n, f"t{i:04d}") for n in names for i in range(30))

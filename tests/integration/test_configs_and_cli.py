@@ -66,7 +66,9 @@ def test_unknown_key_names_the_key_and_suggests(capsys):
 
 
 def test_help_lists_every_command_and_a_pipeline_without_config_is_refused():
-    out = subprocess.run([sys.executable, "-m", "rlhf.cli.main", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhf.cli.main", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for command in ("sft", "rm", "ppo", "dpo", "pipeline", "sweep", "eval", "export", "chat", "data"):
         assert command in out
     result = subprocess.run([sys.executable, "-m", "rlhf.cli.main", "pipeline"], capture_output=True, text=True)
@@ -75,8 +77,18 @@ def test_help_lists_every_command_and_a_pipeline_without_config_is_refused():
 
 def test_a_missing_model_folder_is_refused_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "dpo"
-    assert main(["dpo", "--config", "configs/dpo/tiny.yaml", f"output_dir={out}",
-                 f"model.name_or_path={tmp_path / 'no-sft-yet' / 'model'}"]) == 2
+    assert (
+        main(
+            [
+                "dpo",
+                "--config",
+                "configs/dpo/tiny.yaml",
+                f"output_dir={out}",
+                f"model.name_or_path={tmp_path / 'no-sft-yet' / 'model'}",
+            ]
+        )
+        == 2
+    )
     assert "model.name_or_path: model folder" in capsys.readouterr().err and not out.exists()
 
 

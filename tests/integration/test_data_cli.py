@@ -18,15 +18,20 @@ GOOD = {"prompt": "Tell me about the red fox.", "chosen": "Sure! The red fox is 
 def test_validate_exit_codes_report_and_quarantine(tmp_path, capsys):
     clean = write(tmp_path / "clean.jsonl", [GOOD, {**GOOD, "prompt": "Tell me about the owl."}])
     assert main(["data", "validate", clean]) == 0
-    bad = write(tmp_path / "bad.jsonl", [
-        GOOD,
-        {**GOOD, "rejected": GOOD["chosen"]},
-        "{broken",
-        {"prompt": "p", "chosen": "a"},
-        GOOD,
-    ])
+    bad = write(
+        tmp_path / "bad.jsonl",
+        [
+            GOOD,
+            {**GOOD, "rejected": GOOD["chosen"]},
+            "{broken",
+            {"prompt": "p", "chosen": "a"},
+            GOOD,
+        ],
+    )
     quarantine, report = tmp_path / "q.jsonl", tmp_path / "r.json"
-    code = main(["data", "validate", bad, "--kind", "pairwise", "--quarantine", str(quarantine), "--report", str(report)])
+    code = main(
+        ["data", "validate", bad, "--kind", "pairwise", "--quarantine", str(quarantine), "--report", str(report)]
+    )
     assert code == 1
     data = json.loads(report.read_text())
     assert (data["read"], data["accepted"], data["rejected"]) == (5, 1, 4)
@@ -44,10 +49,14 @@ def test_validate_exit_codes_report_and_quarantine(tmp_path, capsys):
 
 def test_field_map_and_adapter(tmp_path):
     mapped = write(tmp_path / "m.jsonl", [{"question": "Q?", "good": "Yes.", "bad": "No."}])
-    assert main(["data", "validate", mapped, "--map", "prompt=question", "--map", "chosen=good",
-                 "--map", "rejected=bad"]) == 0
-    hh = write(tmp_path / "hh.jsonl", [{"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello!",
-                                        "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."}])
+    assert (
+        main(["data", "validate", mapped, "--map", "prompt=question", "--map", "chosen=good", "--map", "rejected=bad"])
+        == 0
+    )
+    hh = write(
+        tmp_path / "hh.jsonl",
+        [{"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."}],
+    )
     out = tmp_path / "pairs.jsonl"
     assert main(["data", "convert", hh, str(out), "--from", "hh-rlhf", "--to", "pairwise"]) == 0
     record = json.loads(out.read_text())
@@ -55,7 +64,9 @@ def test_field_map_and_adapter(tmp_path):
 
 
 def test_convert_ranked_to_pairwise_and_back_through_validation(tmp_path):
-    ranked = write(tmp_path / "ranked.jsonl", [{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranks": [0, 1, 1, 2]}])
+    ranked = write(
+        tmp_path / "ranked.jsonl", [{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranks": [0, 1, 1, 2]}]
+    )
     pairs = tmp_path / "pairs.jsonl"
     assert main(["data", "convert", ranked, str(pairs), "--to", "pairwise"]) == 0
     rows = [json.loads(ln) for ln in pairs.read_text().splitlines()]
@@ -65,23 +76,50 @@ def test_convert_ranked_to_pairwise_and_back_through_validation(tmp_path):
 
 
 def test_split_and_merge_annotators(tmp_path, capsys):
-    assert main(["data", "split", "builtin:judged-pairwise?n=200", "--eval-fraction", "0.25",
-                 "--out-dir", str(tmp_path / "split")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                "builtin:judged-pairwise?n=200",
+                "--eval-fraction",
+                "0.25",
+                "--out-dir",
+                str(tmp_path / "split"),
+            ]
+        )
+        == 0
+    )
     train = [json.loads(ln)["prompt"] for ln in (tmp_path / "split" / "train.jsonl").read_text().splitlines()]
     evaluation = [json.loads(ln)["prompt"] for ln in (tmp_path / "split" / "eval.jsonl").read_text().splitlines()]
     assert len(train) + len(evaluation) == 200 and not set(train) & set(evaluation)
     capsys.readouterr()
-    assert main(["data", "merge-annotators", "builtin:judged-pairwise?n=50&annotators=3&noise=10",
-                 "--out", str(tmp_path / "merged.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "merge-annotators",
+                "builtin:judged-pairwise?n=50&annotators=3&noise=10",
+                "--out",
+                str(tmp_path / "merged.jsonl"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["items"] == 50 and summary["agreement"]["method"] == "fleiss"
     assert len((tmp_path / "merged.votes.jsonl").read_text().splitlines()) == 50
 
 
 def test_stats_counts_pii_and_duplicates(tmp_path, capsys):
-    path = write(tmp_path / "s.jsonl", [
-        {**GOOD, "chosen": "Mail me at jane@example.com"}, GOOD, GOOD,
-    ])
+    path = write(
+        tmp_path / "s.jsonl",
+        [
+            {**GOOD, "chosen": "Mail me at jane@example.com"},
+            GOOD,
+            GOOD,
+        ],
+    )
     assert main(["data", "stats", path]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["records"] == 3 and stats["duplicates"]["exact"] == 1 and stats["pii"] == {"EMAIL": 1}

@@ -11,9 +11,17 @@ from safetensors.torch import load_file
 from rlhf.config.loader import load_config
 from rlhf.stages.dpo import DPOConfig, run
 
-FAST = ["tracking.mode=disabled", "tracking.progress=false", "eval_steps=0", "data.max_length=96",
-        "batch.micro_batch_size=8", "checkpoint.save_steps=0", "model.name_or_path=builtin:tiny",
-        "data.train=['builtin:judged-pairwise?n=200']", "data.eval=['builtin:judged-pairwise?n=40&seed=9']"]
+FAST = [
+    "tracking.mode=disabled",
+    "tracking.progress=false",
+    "eval_steps=0",
+    "data.max_length=96",
+    "batch.micro_batch_size=8",
+    "checkpoint.save_steps=0",
+    "model.name_or_path=builtin:tiny",
+    "data.train=['builtin:judged-pairwise?n=200']",
+    "data.eval=['builtin:judged-pairwise?n=40&seed=9']",
+]
 
 
 def dpo(tmp_path, name, *extra):
@@ -22,7 +30,9 @@ def dpo(tmp_path, name, *extra):
 
 
 def test_first_loss_is_ln2_and_preferences_are_learned(tmp_path):
-    summary, out = dpo(tmp_path, "run", "max_steps=100", "optim.lr=1e-3", "data.train=['builtin:judged-pairwise?n=800']")
+    summary, out = dpo(
+        tmp_path, "run", "max_steps=100", "optim.lr=1e-3", "data.train=['builtin:judged-pairwise?n=800']"
+    )
     assert summary["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["margins"] == pytest.approx(0.0, abs=1e-5)

@@ -24,9 +24,16 @@ MESSAGES = [{"role": "user", "content": "Tell me about the red fox."}]
 def lora_run(tmp_path_factory):
     """A 3-step LoRA SFT run that also wrote merged weights (run/model/merged)."""
     run = tmp_path_factory.mktemp("export") / "run"
-    rc = rlhf_main(["sft", "--config", str(REPO / "configs/sft/tiny.yaml"),
-                    *sft_overrides(run, "max_steps=3", "model.adapt.strategy=lora", "model.adapt.lora_r=4",
-                                   "model.adapt.merge=true")])
+    rc = rlhf_main(
+        [
+            "sft",
+            "--config",
+            str(REPO / "configs/sft/tiny.yaml"),
+            *sft_overrides(
+                run, "max_steps=3", "model.adapt.strategy=lora", "model.adapt.lora_r=4", "model.adapt.merge=true"
+            ),
+        ]
+    )
     assert rc == 0 and (run / "model" / "adapter_config.json").is_file() and (run / "model" / "merged").is_dir()
     return run
 
@@ -69,7 +76,9 @@ def test_exported_adapter_is_merged_and_gives_the_lora_logits(adapter_only, tmp_
     assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
-    assert tokenizer.chat_template and tokenizer.chat_template == AutoTokenizer.from_pretrained(adapter_only).chat_template
+    assert (
+        tokenizer.chat_template and tokenizer.chat_template == AutoTokenizer.from_pretrained(adapter_only).chat_template
+    )
 
     base_path = json.loads((adapter_only / "adapter_config.json").read_text())["base_model_name_or_path"]
     base = AutoModelForCausalLM.from_pretrained(base_path).eval()
@@ -167,7 +176,9 @@ def test_bad_paths_exit_2_and_name_the_path(lora_run, adapter_only, tmp_path, ca
     assert not any((tmp_path / name).exists() for name in "abcd")
 
 
-def test_reward_model_exports_with_its_normalisation_and_scores_the_same(tiny_model_path, tiny_tokenizer, tmp_path, capsys):
+def test_reward_model_exports_with_its_normalisation_and_scores_the_same(
+    tiny_model_path, tiny_tokenizer, tmp_path, capsys
+):
     from reward_models.model import load_reward_model, save_reward_model
     from reward_models.normalization import save_normalization
     from reward_models.scorer import RewardModel
@@ -216,13 +227,14 @@ def run_chat(monkeypatch, capsys, model_dir, text, *argv):
     capsys.readouterr()
     rc = rlhf_main(["chat", str(model_dir), "--temperature", "0", "--max-new-tokens", "8", *argv])
     captured = capsys.readouterr()
-    replies = [line[len(chat_cli.REPLY):] for line in captured.out.splitlines() if line.startswith(chat_cli.REPLY)]
+    replies = [line[len(chat_cli.REPLY) :] for line in captured.out.splitlines() if line.startswith(chat_cli.REPLY)]
     return rc, replies, captured
 
 
 def test_chat_keeps_history_and_reset_clears_it(lora_run, monkeypatch, capsys, spy):
-    rc, replies, captured = run_chat(monkeypatch, capsys, lora_run, "hello\n/reset\nhi\n/exit\nnot read\n",
-                                     "--system", "Be brief.")
+    rc, replies, captured = run_chat(
+        monkeypatch, capsys, lora_run, "hello\n/reset\nhi\n/exit\nnot read\n", "--system", "Be brief."
+    )
     assert rc == 0 and len(replies) == 2 and "(conversation reset)" in captured.out
     system = {"role": "system", "content": "Be brief."}
     assert spy == [[system, {"role": "user", "content": "hello"}], [system, {"role": "user", "content": "hi"}]]
@@ -230,8 +242,11 @@ def test_chat_keeps_history_and_reset_clears_it(lora_run, monkeypatch, capsys, s
     spy.clear()
     rc, replies, _ = run_chat(monkeypatch, capsys, lora_run, "hello\n\nhi\n")  # ends at end of input
     assert rc == 0 and len(replies) == 2
-    assert spy[1] == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": replies[0]},
-                      {"role": "user", "content": "hi"}]
+    assert spy[1] == [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": replies[0]},
+        {"role": "user", "content": "hi"},
+    ]
 
 
 def test_chat_on_the_adapter_replies_as_the_export(adapter_only, tmp_path, monkeypatch, capsys):

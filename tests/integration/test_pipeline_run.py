@@ -44,9 +44,22 @@ def test_tiny_pipeline_wires_the_stages_evaluates_and_skips_finished_ones(tmp_pa
 
 
 def _pipeline(out: Path, sft_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "rlhf.cli.main", "pipeline", "--config", "configs/pipeline/tiny.yaml",
-            f"output_dir={out}", "stages=[sft,ppo]", f"sft.output_dir={sft_dir}", "eval.enabled=false",
-            *SHORT, "ppo.max_steps=8", "ppo.checkpoint.save_steps=2", "ppo.checkpoint.keep_last=0"]
+    return [
+        sys.executable,
+        "-m",
+        "rlhf.cli.main",
+        "pipeline",
+        "--config",
+        "configs/pipeline/tiny.yaml",
+        f"output_dir={out}",
+        "stages=[sft,ppo]",
+        f"sft.output_dir={sft_dir}",
+        "eval.enabled=false",
+        *SHORT,
+        "ppo.max_steps=8",
+        "ppo.checkpoint.save_steps=2",
+        "ppo.checkpoint.keep_last=0",
+    ]
 
 
 @pytest.mark.slow
@@ -72,6 +85,8 @@ def test_killed_mid_ppo_the_same_command_finishes_like_an_uninterrupted_run(tmp_
     assert whole.keys() == resumed.keys()
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)
-    scores = [[json.loads(line)["score"] for line in (tmp_path / run / "ppo" / "metrics.jsonl").read_text().splitlines()]
-              for run in ("whole", "cut")]
+    scores = [
+        [json.loads(line)["score"] for line in (tmp_path / run / "ppo" / "metrics.jsonl").read_text().splitlines()]
+        for run in ("whole", "cut")
+    ]
     assert scores[0] == pytest.approx(scores[1], abs=1e-6)

@@ -10,9 +10,18 @@ from safetensors.torch import load_file
 from rlhf.config.loader import load_config
 from rlhf.stages.ppo import PPOConfig, run
 
-FAST = ["tracking.mode=disabled", "tracking.progress=false", "model.name_or_path=builtin:tiny",
-        "data.prompts=['builtin:judged-prompts?n=200']", "rollout.batch_size=16", "rollout.max_new_tokens=12",
-        "batch.micro_batch_size=8", "ppo.epochs=2", "checkpoint.save_steps=0", "rollout.log_samples_every=1"]
+FAST = [
+    "tracking.mode=disabled",
+    "tracking.progress=false",
+    "model.name_or_path=builtin:tiny",
+    "data.prompts=['builtin:judged-prompts?n=200']",
+    "rollout.batch_size=16",
+    "rollout.max_new_tokens=12",
+    "batch.micro_batch_size=8",
+    "ppo.epochs=2",
+    "checkpoint.save_steps=0",
+    "rollout.log_samples_every=1",
+]
 
 
 def ppo(tmp_path, name, *extra):
@@ -24,9 +33,25 @@ def rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-EXPECTED = {"score", "kl", "kl_k3", "non_score_reward", "kl_coef", "policy_loss", "value_loss", "entropy",
-            "clipfrac", "vf_clipfrac", "approx_kl", "explained_variance", "eos_rate", "response_length",
-            "rollout_s", "update_s", "tokens_per_s"}
+EXPECTED = {
+    "score",
+    "kl",
+    "kl_k3",
+    "non_score_reward",
+    "kl_coef",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "clipfrac",
+    "vf_clipfrac",
+    "approx_kl",
+    "explained_variance",
+    "eos_rate",
+    "response_length",
+    "rollout_s",
+    "update_s",
+    "tokens_per_s",
+}
 
 
 def test_metrics_samples_and_zero_kl_at_the_start(tmp_path):
@@ -46,16 +71,29 @@ def test_metrics_samples_and_zero_kl_at_the_start(tmp_path):
 
 def test_missing_eos_gets_the_penalty_score(tmp_path):
     # A constant reward of 7 for every reply that ends; one that never emits EOS scores -3.5.
-    _, out = ppo(tmp_path, "noeos", "max_steps=1", "rollout.max_new_tokens=3", "rollout.missing_eos_score=-3.5",
-                 "reward.functions=['helpers:constant_reward']")
+    _, out = ppo(
+        tmp_path,
+        "noeos",
+        "max_steps=1",
+        "rollout.max_new_tokens=3",
+        "rollout.missing_eos_score=-3.5",
+        "reward.functions=['helpers:constant_reward']",
+    )
     first = rows(out)[0]
     assert first["eos_rate"] < 1.0
     assert first["score"] == pytest.approx(7.0 * first["eos_rate"] - 3.5 * (1 - first["eos_rate"]), abs=1e-6)
 
 
 def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path):
-    summary, out = ppo(tmp_path, "lora", "max_steps=2", "model.adapt.strategy=lora", "model.adapt.lora_r=4",
-                       "critic.adapt.strategy=lora", "critic.adapt.lora_r=4")
+    summary, out = ppo(
+        tmp_path,
+        "lora",
+        "max_steps=2",
+        "model.adapt.strategy=lora",
+        "model.adapt.lora_r=4",
+        "critic.adapt.strategy=lora",
+        "critic.adapt.lora_r=4",
+    )
     log = rows(out)
     assert summary["reference"] == "lora_disabled"
     assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6) and log[1]["kl"] != 0.0
@@ -77,13 +115,21 @@ def test_kl_in_loss_and_adaptive_controller(tmp_path):
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     _, full = ppo(tmp_path, "full", "max_steps=4", "kl.controller=adaptive", "kl.horizon=500")
-    _, part = ppo(tmp_path, "part", "max_steps=4", "kl.controller=adaptive", "kl.horizon=500",
-                  "checkpoint.save_steps=2")
+    _, part = ppo(
+        tmp_path, "part", "max_steps=4", "kl.controller=adaptive", "kl.horizon=500", "checkpoint.save_steps=2"
+    )
     # Simulate a crash after step 2: drop everything written later, then run the same command.
     shutil.rmtree(part / "checkpoints" / "step-00000004")
     shutil.rmtree(part / "model")
-    ppo(tmp_path, "part", "max_steps=4", "kl.controller=adaptive", "kl.horizon=500", "checkpoint.save_steps=2",
-        "checkpoint.resume_from=latest")
+    ppo(
+        tmp_path,
+        "part",
+        "max_steps=4",
+        "kl.controller=adaptive",
+        "kl.horizon=500",
+        "checkpoint.save_steps=2",
+        "checkpoint.resume_from=latest",
+    )
     a = load_file(str(full / "model" / "model.safetensors"))
     b = load_file(str(part / "model" / "model.safetensors"))
     for key in a:
@@ -101,8 +147,11 @@ def test_bad_batch_geometry_is_refused(tmp_path):
 @pytest.mark.parametrize("key", ["model.name_or_path", "critic.init_from", "reward.model"])
 def test_missing_model_folder_is_named_before_anything_is_written(tmp_path, key):
     missing = tmp_path / "sft-tiny" / "model"  # e.g. the output of a stage that has not run yet
-    with pytest.raises(FileNotFoundError, match=rf"^{key}: model folder {missing} does not exist "
-                                                r"\(is it the output of a stage that has not run yet\?\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"^{key}: model folder {missing} does not exist "
+        r"\(is it the output of a stage that has not run yet\?\)",
+    ):
         ppo(tmp_path, "out", "max_steps=1", f"{key}={missing}")
     assert not (tmp_path / "out").exists()
 

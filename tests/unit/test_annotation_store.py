@@ -16,8 +16,10 @@ def write(path, rows):
 
 
 def tasks(n, k=3):
-    return [{"id": f"t{i}", "prompt": f"Tell me about thing {i}.", "responses": [f"answer {i}.{j}" for j in range(k)]}
-            for i in range(n)]
+    return [
+        {"id": f"t{i}", "prompt": f"Tell me about thing {i}.", "responses": [f"answer {i}.{j}" for j in range(k)]}
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -42,6 +44,7 @@ def test_reopen_and_foreign_db(tmp_path):
     with AnnotationStore(path) as s:
         assert s.progress("nobody")["tasks"] == 2
     import sqlite3
+
     other = sqlite3.connect(tmp_path / "other.db")
     other.execute("CREATE TABLE x (a)")
     other.commit()
@@ -63,19 +66,22 @@ def test_import_default_ids_idempotent_and_conflict(store, tmp_path):
     assert store.progress("x")["tasks"] == 2
 
 
-@pytest.mark.parametrize("row, message", [
-    ("{broken", "invalid JSON"),
-    ([1, 2], "expected a JSON object"),
-    ({"responses": ["a", "b"]}, "'prompt' is missing"),
-    ({"prompt": "p"}, "'responses' is missing"),
-    ({"prompt": "p", "responses": ["a"]}, "at least 2"),
-    ({"prompt": "p", "responses": ["a", "  "]}, r"responses\[1\] is empty"),
-    ({"prompt": "p", "responses": ["a", 3]}, r"responses\[1\] must be"),
-    ({"prompt": "p", "responses": ["a", "a "]}, "duplicates"),
-    ({"prompt": "", "responses": ["a", "b"]}, "'prompt' is empty"),
-    ({"id": 5, "prompt": "p", "responses": ["a", "b"]}, "'id' must be"),
-    ({"prompt": "p", "responses": ["a", "b"], "extra": 1}, "unknown field"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("{broken", "invalid JSON"),
+        ([1, 2], "expected a JSON object"),
+        ({"responses": ["a", "b"]}, "'prompt' is missing"),
+        ({"prompt": "p"}, "'responses' is missing"),
+        ({"prompt": "p", "responses": ["a"]}, "at least 2"),
+        ({"prompt": "p", "responses": ["a", "  "]}, r"responses\[1\] is empty"),
+        ({"prompt": "p", "responses": ["a", 3]}, r"responses\[1\] must be"),
+        ({"prompt": "p", "responses": ["a", "a "]}, "duplicates"),
+        ({"prompt": "", "responses": ["a", "b"]}, "'prompt' is empty"),
+        ({"id": 5, "prompt": "p", "responses": ["a", "b"]}, "'id' must be"),
+        ({"prompt": "p", "responses": ["a", "b"], "extra": 1}, "unknown field"),
+    ],
+)
 def test_bad_line_names_file_line_and_imports_nothing(store, tmp_path, row, message):
     path = write(tmp_path / "bad.jsonl", [tasks(1)[0], row])
     with pytest.raises(AnnotationError, match=message) as err:
@@ -115,7 +121,11 @@ def test_next_task_order_and_per_task(store, tmp_path):
         store.add_annotator(name)
     assert store.next_task("a")["task_id"] == "t0"
     task = store.next_task("a")
-    assert task == {"task_id": "t0", "prompt": "Tell me about thing 0.", "responses": ["answer 0.0", "answer 0.1", "answer 0.2"]}
+    assert task == {
+        "task_id": "t0",
+        "prompt": "Tell me about thing 0.",
+        "responses": ["answer 0.0", "answer 0.1", "answer 0.2"],
+    }
     store.record_judgement("a", "t0", [0, 1, 2])
     assert store.next_task("a")["task_id"] == "t1"
     assert store.next_task("b")["task_id"] == "t1"  # t0 has its one judgement
@@ -132,17 +142,20 @@ def test_next_task_order_and_per_task(store, tmp_path):
         store.next_task("c", per_task=0)
 
 
-@pytest.mark.parametrize("ranks, message", [
-    ("0,1,2", "must be a list"),
-    ([0, 1], "2 ranks for 3 responses"),
-    ([0, 1, 2, 3], "4 ranks for 3 responses"),
-    ([0, True, 2], r"ranks\[1\] must be an integer, got bool"),
-    ([0, 1.0, 2], r"ranks\[1\] must be an integer"),
-    ([0, "1", 2], r"ranks\[1\] must be an integer"),
-    ([0, -1, 2], "negative"),
-    ([1, 1, 1], "all 3 ranks are equal"),
-    (None, "must be a list"),
-])
+@pytest.mark.parametrize(
+    "ranks, message",
+    [
+        ("0,1,2", "must be a list"),
+        ([0, 1], "2 ranks for 3 responses"),
+        ([0, 1, 2, 3], "4 ranks for 3 responses"),
+        ([0, True, 2], r"ranks\[1\] must be an integer, got bool"),
+        ([0, 1.0, 2], r"ranks\[1\] must be an integer"),
+        ([0, "1", 2], r"ranks\[1\] must be an integer"),
+        ([0, -1, 2], "negative"),
+        ([1, 1, 1], "all 3 ranks are equal"),
+        (None, "must be a list"),
+    ],
+)
 def test_rank_validation_400(store, tmp_path, ranks, message):
     store.import_tasks(write(tmp_path / "t.jsonl", tasks(1)))
     store.add_annotator("a")

@@ -16,21 +16,32 @@ from preference_data.records import PairwiseRecord, RankedRecord, RatedRecord
 
 
 def vote(annotator, chosen, rejected, prompt="p", line=1):
-    return PairwiseRecord(prompt=prompt, chosen=chosen, rejected=rejected,
-                          annotator=annotator, source="votes.jsonl", line=line)
+    return PairwiseRecord(
+        prompt=prompt, chosen=chosen, rejected=rejected, annotator=annotator, source="votes.jsonl", line=line
+    )
 
 
 def ranking(annotator, responses, ranks, prompt="p", line=1):
-    return RankedRecord(prompt=prompt, responses=tuple(responses), ranks=tuple(ranks),
-                        annotator=annotator, source="ranks.jsonl", line=line)
+    return RankedRecord(
+        prompt=prompt,
+        responses=tuple(responses),
+        ranks=tuple(ranks),
+        annotator=annotator,
+        source="ranks.jsonl",
+        line=line,
+    )
 
 
 # --- merge ------------------------------------------------------------------------------------
 
+
 def test_pairwise_majority_of_three_and_a_tie():
     records = [
-        vote("a", "A", "B", line=1), vote("b", "A", "B", line=2), vote("c", "B", "A", line=3),
-        vote("a", "C", "D", prompt="q", line=4), vote("b", "D", "C", prompt="q", line=5),
+        vote("a", "A", "B", line=1),
+        vote("b", "A", "B", line=2),
+        vote("c", "B", "A", line=3),
+        vote("a", "C", "D", prompt="q", line=4),
+        vote("b", "D", "C", prompt="q", line=5),
     ]
     merged, report = merge_annotators(records)
     assert [(m.prompt, m.chosen, m.rejected, m.annotator) for m in merged] == [("p", "A", "B", "majority(3)")]
@@ -53,8 +64,7 @@ def test_repeated_vote_of_one_annotator_counts_once():
     merged, report = merge_annotators(records)
     # a's first vote (A) against b's (B): a tie once a's second vote is set aside.
     assert merged == [] and len(report.ties) == 1
-    assert report.duplicate_votes == [{"item": report.votes[0]["item"], "annotator": "a",
-                                       "source": "votes.jsonl:2"}]
+    assert report.duplicate_votes == [{"item": report.votes[0]["item"], "annotator": "a", "source": "votes.jsonl:2"}]
 
 
 def test_records_without_annotator_are_separate_voters():
@@ -111,6 +121,7 @@ def test_per_annotator_counts():
 
 # --- kappa ------------------------------------------------------------------------------------
 
+
 def test_cohen_kappa_hand_computed():
     # Units: both "y" 2, a "y" / b "n" 1, both "n" 1.
     # p_o = 3/4; a says y 3/4, b says y 2/4: p_e = 3/4 * 2/4 + 1/4 * 2/4 = 1/2.
@@ -133,8 +144,16 @@ def test_fleiss_kappa_wikipedia_example():
     # https://en.wikipedia.org/wiki/Fleiss%27_kappa: 10 subjects, 14 raters, 5 categories;
     # P_bar = 0.378, P_e = 0.213, kappa = 0.210.
     table = [
-        [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-        [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
     ]
     assert fleiss_kappa(table) == pytest.approx(0.20993, abs=5e-5)
     assert fleiss_kappa([[3, 0], [0, 3]]) == pytest.approx(1.0)
@@ -146,9 +165,13 @@ def test_agreement_two_annotators_is_cohen_on_canonical_labels():
     # Canonical order of each item is (r1, r2): "first" = r1 preferred. b writes some pairs the
     # other way round, which must not matter. Labels as in the 4-unit Cohen example -> 0.5.
     a = [vote("a", "r1", "r2", prompt=f"p{i}") for i in range(3)] + [vote("a", "r2", "r1", prompt="p3")]
-    b = [vote("b", "r1", "r2", prompt="p0"), vote("b", "r1", "r2", prompt="p1"),
-         vote("b", "r2", "r1", prompt="p2"), vote("b", "r2", "r1", prompt="p3"),
-         vote("b", "r1", "r2", prompt="only b")]
+    b = [
+        vote("b", "r1", "r2", prompt="p0"),
+        vote("b", "r1", "r2", prompt="p1"),
+        vote("b", "r2", "r1", prompt="p2"),
+        vote("b", "r2", "r1", prompt="p3"),
+        vote("b", "r1", "r2", prompt="only b"),
+    ]
     result = agreement(a + b)
     assert result["method"] == "cohen" and result["kappa"] == pytest.approx(0.5)
     assert result["units"] == 4 and result["units_total"] == 5
@@ -160,8 +183,11 @@ def test_agreement_three_annotators_is_fleiss():
     # Items labelled (F = first, S = second) by a, b, c: FFF, FFS, SSS, FSS.
     # P_i = 1, 1/3, 1, 1/3 -> P_bar = 2/3; p_F = 6/12 -> P_e = 1/2; kappa = (2/3 - 1/2) / (1/2) = 1/3.
     labels = ["FFF", "FFS", "SSS", "FSS"]
-    records = [vote(who, *(("r1", "r2") if label == "F" else ("r2", "r1")), prompt=f"p{i}")
-               for i, item in enumerate(labels) for who, label in zip("abc", item)]
+    records = [
+        vote(who, *(("r1", "r2") if label == "F" else ("r2", "r1")), prompt=f"p{i}")
+        for i, item in enumerate(labels)
+        for who, label in zip("abc", item)
+    ]
     result = agreement(records)
     assert result["method"] == "fleiss" and result["kappa"] == pytest.approx(1 / 3)
     assert result["raters_per_unit"] == 3 and result["units"] == 4

@@ -21,20 +21,38 @@ def _side(steps, tokens, rss, gpu=None):
 def _result(name, ours, trl, unit="steps/s", baseline="TRL 1.16.0", **settings):
     memory, kind = report.memory_ratio(ours, trl)
     base = {"model": "builtin:tiny", "batch": 8, "max_length": 256, "steps": 30, "warmup_steps": 3, "repeats": 3}
-    return {"comparison": name, "baseline": baseline, "unit": unit, "ours": ours, "trl": trl,
-            "ratio": {"steps_per_s": report.ratio(ours["steps_per_s"], trl["steps_per_s"]),
-                      "tokens_per_s": report.ratio(ours["tokens_per_s"], trl["tokens_per_s"]),
-                      "peak_memory": memory, "memory": kind},
-            "settings": {**base, **settings}}
+    return {
+        "comparison": name,
+        "baseline": baseline,
+        "unit": unit,
+        "ours": ours,
+        "trl": trl,
+        "ratio": {
+            "steps_per_s": report.ratio(ours["steps_per_s"], trl["steps_per_s"]),
+            "tokens_per_s": report.ratio(ours["tokens_per_s"], trl["tokens_per_s"]),
+            "peak_memory": memory,
+            "memory": kind,
+        },
+        "settings": {**base, **settings},
+    }
 
 
 SFT = _result("sft", _side(81.10, 30144.0, 436.0), _side(61.21, 22680.0, 579.0))
 RM = _result("rm", _side(77.59, 0.0, 437.0), _side(81.64, 0.0, 565.0))
 DPO = _result("dpo-copy", _side(33.04, 13915.0, 470.0), _side(19.78, 8233.0, 604.0), reference="copy")
-PPO = {**_result("ppo", _side(6.74, 100.0, 464.0), _side(1.41, 40.0, 553.0), unit="updates/s",
-                 baseline="TRL 1.12.0"),
-       "settings": {"model": "builtin:tiny", "batch": 16, "response_length": 24, "epochs": 4, "mini_batches": 1,
-                    "steps": 12, "warmup_steps": 2, "repeats": 3}}
+PPO = {
+    **_result("ppo", _side(6.74, 100.0, 464.0), _side(1.41, 40.0, 553.0), unit="updates/s", baseline="TRL 1.12.0"),
+    "settings": {
+        "model": "builtin:tiny",
+        "batch": 16,
+        "response_length": 24,
+        "epochs": 4,
+        "mini_batches": 1,
+        "steps": 12,
+        "warmup_steps": 2,
+        "repeats": 3,
+    },
+}
 
 
 def _rows(table):
@@ -51,8 +69,10 @@ def test_table_has_one_row_per_comparison_with_ratios_and_settings():
     assert rm[5:8] == ["x0.95", "-", "x0.77 (RSS)"]  # no tokens counted for the RM
     assert "reference copy" in dpo[8]
     assert ppo[:8] == ["ppo", "TRL 1.12.0", "updates/s", "6.740", "1.410", "x4.78", "x2.50", "x0.84 (RSS)"]
-    assert ppo[8] == ("builtin:tiny, batch 16 prompts, response <= 24 tokens, 4 epochs x 1 mini-batch, "
-                      "12 steps (2 warm-up), median of 3 repeats")
+    assert ppo[8] == (
+        "builtin:tiny, batch 16 prompts, response <= 24 tokens, 4 epochs x 1 mini-batch, "
+        "12 steps (2 warm-up), median of 3 repeats"
+    )
 
 
 def test_gpu_memory_is_compared_when_both_sides_have_it():
@@ -76,15 +96,17 @@ def _block(body="TABLE", quick=False):
     return report.render_block(body, "some machine", "python scripts/bench.py all", quick=quick)
 
 
-DOC = ("# Benchmarks\n\nIntro line.\nSecond intro line.\n\n## SFT\n\nText | with | pipes.\n\n"
-       "```\n## not a heading\n```\n\n## PPO\n\nEnd without newline")
+DOC = (
+    "# Benchmarks\n\nIntro line.\nSecond intro line.\n\n## SFT\n\nText | with | pipes.\n\n"
+    "```\n## not a heading\n```\n\n## PPO\n\nEnd without newline"
+)
 
 
 def test_block_is_inserted_before_first_heading_when_absent():
     new = report.replace_block(DOC, _block())
     head = "# Benchmarks\n\nIntro line.\nSecond intro line.\n\n"
     assert new.startswith(head + report.START)
-    assert new == head + _block() + "\n\n" + DOC[len(head):]
+    assert new == head + _block() + "\n\n" + DOC[len(head) :]
     assert new.count(report.START) == new.count(report.END) == 1
 
 
@@ -125,9 +147,20 @@ def test_quick_block_says_not_for_quoting():
 
 
 def test_machine_format():
-    machine = {"cpu": "Some CPU", "cores": 2, "ram_gib": 23.6, "gpu": None, "python": "3.12.0",
-               "torch": "2.13.0", "transformers": "5.23.0", "trl": "1.16.0", "date": "2025-01-01 00:00 UTC"}
+    machine = {
+        "cpu": "Some CPU",
+        "cores": 2,
+        "ram_gib": 23.6,
+        "gpu": None,
+        "python": "3.12.0",
+        "torch": "2.13.0",
+        "transformers": "5.23.0",
+        "trl": "1.16.0",
+        "date": "2025-01-01 00:00 UTC",
+    }
     text = report.format_machine(machine, ppo_trl="1.12.0")
-    assert text == ("Some CPU, 2 cores, 24 GiB RAM, GPU: none; Python 3.12.0, torch 2.13.0, transformers 5.23.0, "
-                    "trl 1.16.0 (trl 1.12.0 for PPO); 2025-01-01 00:00 UTC")
+    assert text == (
+        "Some CPU, 2 cores, 24 GiB RAM, GPU: none; Python 3.12.0, torch 2.13.0, transformers 5.23.0, "
+        "trl 1.16.0 (trl 1.12.0 for PPO); 2025-01-01 00:00 UTC"
+    )
     assert "GPU: NVIDIA H100" in report.format_machine({**machine, "gpu": "NVIDIA H100"})

@@ -70,8 +70,12 @@ def test_empty_file_uses_defaults_and_required_key_is_reported(tmp_path):
 
 def test_override_by_dotted_key_beats_file_and_extra(tmp_path):
     path = write(tmp_path, "output_dir: out\noptim:\n  lr: 0.5\n  warmup_steps: 3\n")
-    cfg = load_config(StageConfig, path, ["optim.lr=2e-5", "model.adapt.lora_r=4", "data.train=[a.jsonl,b.jsonl]"],
-                      extra={"optim": {"lr": 0.1}, "max_steps": 7})
+    cfg = load_config(
+        StageConfig,
+        path,
+        ["optim.lr=2e-5", "model.adapt.lora_r=4", "data.train=[a.jsonl,b.jsonl]"],
+        extra={"optim": {"lr": 0.1}, "max_steps": 7},
+    )
     assert cfg.optim.lr == 2e-5
     assert cfg.optim.warmup_steps == 3  # a nested override does not wipe sibling keys from the file
     assert cfg.max_steps == 7
@@ -85,7 +89,8 @@ def test_int_is_coerced_to_float_but_bool_is_not_a_number():
     assert cfg.betas == [0.0, 1.0] and all(type(b) is float for b in cfg.betas)
     assert "key 'lr' expects float, got bool True" in raises(from_dict, OptimConfig, {"lr": True})
     assert "key 'max_steps' expects int, got bool True" in raises(
-        from_dict, StageConfig, {"output_dir": "o", "max_steps": True})
+        from_dict, StageConfig, {"output_dir": "o", "max_steps": True}
+    )
 
 
 def test_bool_field_rejects_int_and_string():
@@ -111,27 +116,33 @@ def test_unknown_override_key_is_blamed_on_command_line(tmp_path):
     msg = raises(load_config, StageConfig, path, ["optim.lrr=0.1"])
     assert msg == "command line: unknown key 'optim.lrr'; did you mean 'optim.lr'?"
     assert raises(load_config, StageConfig, path, ["optim.lr=fast"]) == (
-        "command line: key 'optim.lr' expects float, got str 'fast'")
+        "command line: key 'optim.lr' expects float, got str 'fast'"
+    )
 
 
 def test_wrong_type_names_the_key_and_value():
     msg = raises(from_dict, StageConfig, {"output_dir": "o", "optim": {"lr": "fast"}}, source="x.yaml")
     assert msg == "x.yaml: key 'optim.lr' expects float, got str 'fast'"
     assert "key 'optim.lr' expects float, got mapping" in raises(
-        from_dict, StageConfig, {"output_dir": "o", "optim": {"lr": {"peak": 1}}})
+        from_dict, StageConfig, {"output_dir": "o", "optim": {"lr": {"peak": 1}}}
+    )
     assert "key 'optim' expects a mapping (section OptimConfig), got float 0.1" in raises(
-        from_dict, StageConfig, {"output_dir": "o", "optim": 0.1})
+        from_dict, StageConfig, {"output_dir": "o", "optim": 0.1}
+    )
     assert "key 'data.train[1]' expects str, got int 3" in raises(
-        from_dict, StageConfig, {"output_dir": "o", "data": {"train": ["a", 3]}})
+        from_dict, StageConfig, {"output_dir": "o", "data": {"train": ["a", 3]}}
+    )
     assert "key 'data.weights.a' expects float" in raises(
-        from_dict, StageConfig, {"output_dir": "o", "data": {"weights": {"a": "x"}}})
+        from_dict, StageConfig, {"output_dir": "o", "data": {"weights": {"a": "x"}}}
+    )
 
 
 def test_optional_accepts_none_and_checks_the_inner_type():
     assert from_dict(StageConfig, {"output_dir": "o", "eval_every": None}).eval_every is None
     assert from_dict(StageConfig, {"output_dir": "o", "eval_every": 5}).eval_every == 5
     assert "key 'eval_every' expects int, got float 0.5" in raises(
-        from_dict, StageConfig, {"output_dir": "o", "eval_every": 0.5})
+        from_dict, StageConfig, {"output_dir": "o", "eval_every": 0.5}
+    )
     assert from_dict(ModelConfig, {"revision": None}).revision is None
 
 
@@ -150,8 +161,15 @@ def test_config_is_frozen():
 
 
 def test_to_dict_from_dict_round_trip():
-    cfg = from_dict(StageConfig, {"output_dir": "o", "optim": {"lr": 3e-5}, "data": {"weights": {"a": 0.5}},
-                                  "model": {"adapt": {"strategy": "qlora"}}})
+    cfg = from_dict(
+        StageConfig,
+        {
+            "output_dir": "o",
+            "optim": {"lr": 3e-5},
+            "data": {"weights": {"a": 0.5}},
+            "model": {"adapt": {"strategy": "qlora"}},
+        },
+    )
     plain = to_dict(cfg)
     assert plain["optim"]["lr"] == 3e-5 and plain["model"]["adapt"]["strategy"] == "qlora"
     assert type(plain["model"]) is dict
@@ -159,8 +177,15 @@ def test_to_dict_from_dict_round_trip():
 
 
 def test_save_then_load_gives_equal_object(tmp_path):
-    cfg = from_dict(StageConfig, {"output_dir": "o", "eval_every": 4, "optim": {"lr": 1e-8, "betas": [0.9, 0.99]},
-                                  "data": {"train": ["a.jsonl"]}})
+    cfg = from_dict(
+        StageConfig,
+        {
+            "output_dir": "o",
+            "eval_every": 4,
+            "optim": {"lr": 1e-8, "betas": [0.9, 0.99]},
+            "data": {"train": ["a.jsonl"]},
+        },
+    )
     path = tmp_path / "sub" / "config.yaml"
     save_config(cfg, path)
     assert load_config(StageConfig, path) == cfg
@@ -179,10 +204,25 @@ def test_describe_lists_dotted_keys_with_types_defaults_and_docs():
 
 
 def test_parse_overrides():
-    parsed = parse_overrides(["optim.lr=1e-4", "max_steps=20", "data.train=[a.jsonl,b.jsonl]", "x=3E5",
-                              "optim.eps=-1.5e-8", "name=v1e5", "model.revision=null"])
-    assert parsed == {"optim": {"lr": 1e-4, "eps": -1.5e-8}, "max_steps": 20, "data": {"train": ["a.jsonl", "b.jsonl"]},
-                      "x": 3e5, "name": "v1e5", "model": {"revision": None}}
+    parsed = parse_overrides(
+        [
+            "optim.lr=1e-4",
+            "max_steps=20",
+            "data.train=[a.jsonl,b.jsonl]",
+            "x=3E5",
+            "optim.eps=-1.5e-8",
+            "name=v1e5",
+            "model.revision=null",
+        ]
+    )
+    assert parsed == {
+        "optim": {"lr": 1e-4, "eps": -1.5e-8},
+        "max_steps": 20,
+        "data": {"train": ["a.jsonl", "b.jsonl"]},
+        "x": 3e5,
+        "name": "v1e5",
+        "model": {"revision": None},
+    }
     assert type(parsed["optim"]["lr"]) is float
     assert "override 'foo' is not key=value" in raises(parse_overrides, ["foo"])
     assert "override 'a..b=1' is not key=value" in raises(parse_overrides, ["a..b=1"])
@@ -213,7 +253,8 @@ def test_replace_path_returns_a_checked_copy():
     assert new.model.name_or_path == cfg.model.name_or_path
     assert replace_path(cfg, "optim.lr", 1).optim.lr == 1.0
     assert "unknown key 'model.adapt.lora_rr'; did you mean 'model.adapt.lora_r'?" in raises(
-        replace_path, cfg, "model.adapt.lora_rr", 8)
+        replace_path, cfg, "model.adapt.lora_rr", 8
+    )
     assert "key 'max_steps' expects int" in raises(replace_path, cfg, "max_steps", "many")
 
 
@@ -235,7 +276,9 @@ class Outer:
 
 def test_post_init_errors_and_literal_of_ints():
     assert from_dict(Outer, {"inner": {"n": 2}}).inner.n == 2
-    assert raises(from_dict, Outer, {"inner": {"n": 0}}, source="f.yaml") == "f.yaml: section 'inner': n must be positive"
+    assert (
+        raises(from_dict, Outer, {"inner": {"n": 0}}, source="f.yaml") == "f.yaml: section 'inner': n must be positive"
+    )
     assert "key 'mode' expects one of 'a', 'b', got int 1" in raises(from_dict, Outer, {"mode": 1})
     assert from_dict(Outer, {"level": 1}).level == 1
     assert "key 'level' expects one of 0, 1, got bool True" in raises(from_dict, Outer, {"level": True})
@@ -245,4 +288,8 @@ def test_yaml_no_is_a_string_and_true_is_a_bool():
     from rlhf.config.loader import parse_overrides
 
     assert parse_overrides(["precision.mixed_precision=no", "a=true", "b=off", "c=1e-4"]) == {
-        "precision": {"mixed_precision": "no"}, "a": True, "b": "off", "c": 1e-4}
+        "precision": {"mixed_precision": "no"},
+        "a": True,
+        "b": "off",
+        "c": 1e-4,
+    }

@@ -31,7 +31,9 @@ def test_defaults_and_shipped_ppo_configs_pass_the_checks():
 
 
 def test_max_steps_must_be_positive_for_ppo():
-    assert "max_steps must be > 0 for PPO (it does not derive its length from epochs), got 0" in ppo_error("max_steps=0")
+    assert "max_steps must be > 0 for PPO (it does not derive its length from epochs), got 0" in ppo_error(
+        "max_steps=0"
+    )
     assert "got -1" in ppo_error("max_steps=-1", "epochs=2")
 
 
@@ -39,12 +41,17 @@ def test_rollout_batch_must_be_a_multiple_of_the_mini_batch():
     err = ppo_error("rollout.batch_size=12", "batch.micro_batch_size=4", "batch.grad_accum=2")
     assert "rollout.batch_size=12 must be a multiple of the mini-batch" in err
     assert "batch.micro_batch_size x batch.grad_accum = 8" in err
-    assert load_config(PPOConfig, None, ["rollout.batch_size=16", "batch.micro_batch_size=4",
-                                         "batch.grad_accum=2"]).rollout.batch_size == 16
+    assert (
+        load_config(
+            PPOConfig, None, ["rollout.batch_size=16", "batch.micro_batch_size=4", "batch.grad_accum=2"]
+        ).rollout.batch_size
+        == 16
+    )
 
 
-@pytest.mark.parametrize("key", ["rollout.batch_size", "rollout.generation_batch_size", "batch.micro_batch_size",
-                                 "batch.grad_accum"])
+@pytest.mark.parametrize(
+    "key", ["rollout.batch_size", "rollout.generation_batch_size", "batch.micro_batch_size", "batch.grad_accum"]
+)
 def test_sizes_must_be_positive(key):
     assert f"{key} must be >= 1, got 0" in ppo_error(f"{key}=0")
 
@@ -73,8 +80,14 @@ def test_adaptive_kl_horizon_must_exceed_a_fifth_of_the_rollout_batch():
     # AdaptiveKLController.update(kl, batch_size) refuses 0.2 * batch_size / horizon >= 1.
     err = ppo_error("kl.controller=adaptive", "rollout.batch_size=64", "batch.micro_batch_size=8", "kl.horizon=12")
     assert "kl.horizon=12 is too small for rollout.batch_size=64" in err and "kl.horizon > 12.8" in err
-    assert load_config(PPOConfig, None, ["kl.controller=adaptive", "rollout.batch_size=64",
-                                         "batch.micro_batch_size=8", "kl.horizon=13"]).kl.horizon == 13
+    assert (
+        load_config(
+            PPOConfig,
+            None,
+            ["kl.controller=adaptive", "rollout.batch_size=64", "batch.micro_batch_size=8", "kl.horizon=13"],
+        ).kl.horizon
+        == 13
+    )
     # A fixed controller never uses the horizon.
     assert load_config(PPOConfig, None, ["kl.horizon=1"]).kl.horizon == 1
 

@@ -12,7 +12,7 @@ from preference_data.readers import iter_rows
 
 # Commas, quotes, a newline and non-ASCII text: the cases CSV quoting and decoding get wrong.
 RECORDS = [
-    {"prompt": "Hello, world", "completion": "Hi \"there\""},
+    {"prompt": "Hello, world", "completion": 'Hi "there"'},
     {"prompt": "Two\nlines", "completion": "Café ☕"},
     {"prompt": "Last", "completion": "One"},
 ]
@@ -34,14 +34,27 @@ def write_csv(path, records, opener=open):
 def write_parquet(path, records):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     pq.write_table(pa.Table.from_pylist(records), path, row_group_size=2)
 
 
 def make(tmp_path, kind, records=RECORDS):
-    path = tmp_path / {"jsonl": "d.jsonl", "ndjson": "d.ndjson", "jsonl.gz": "d.jsonl.gz",
-                       "json": "d.json", "json-data": "d.json", "json.gz": "d.json.gz",
-                       "csv": "d.csv", "csv.gz": "d.csv.gz", "parquet": "d.parquet",
-                       "hf": "hf", "hf-dict": "hf_dict"}[kind]
+    path = (
+        tmp_path
+        / {
+            "jsonl": "d.jsonl",
+            "ndjson": "d.ndjson",
+            "jsonl.gz": "d.jsonl.gz",
+            "json": "d.json",
+            "json-data": "d.json",
+            "json.gz": "d.json.gz",
+            "csv": "d.csv",
+            "csv.gz": "d.csv.gz",
+            "parquet": "d.parquet",
+            "hf": "hf",
+            "hf-dict": "hf_dict",
+        }[kind]
+    )
     if kind in ("jsonl", "ndjson"):
         write_jsonl(path, records)
     elif kind == "jsonl.gz":
@@ -61,6 +74,7 @@ def make(tmp_path, kind, records=RECORDS):
         write_parquet(path, records)
     elif kind in ("hf", "hf-dict"):
         import datasets
+
         ds = datasets.Dataset.from_list(records)
         if kind == "hf-dict":
             ds = datasets.DatasetDict({"test": ds.select([0]), "train": ds})
@@ -68,8 +82,7 @@ def make(tmp_path, kind, records=RECORDS):
     return str(path)
 
 
-ALL_KINDS = ["jsonl", "ndjson", "jsonl.gz", "json", "json-data", "json.gz", "csv", "csv.gz",
-             "parquet", "hf", "hf-dict"]
+ALL_KINDS = ["jsonl", "ndjson", "jsonl.gz", "json", "json-data", "json.gz", "csv", "csv.gz", "parquet", "hf", "hf-dict"]
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
@@ -102,16 +115,19 @@ def test_jsonl_bad_lines_are_rows_with_errors_and_lines_count_blank_lines(tmp_pa
     path.write_bytes(
         b'{"prompt": "a", "completion": "b"}\n'
         b'{"prompt": "c", "completion": "d"}\n'
-        b'{"prompt": "e", "completion": \n'   # line 3: broken JSON
-        b"\n"                                 # line 4: blank, skipped
-        b"[1, 2]\n"                           # line 5: not an object
-        b'{"prompt": "caf\xff"}\r\n'          # line 6: invalid UTF-8
+        b'{"prompt": "e", "completion": \n'  # line 3: broken JSON
+        b"\n"  # line 4: blank, skipped
+        b"[1, 2]\n"  # line 5: not an object
+        b'{"prompt": "caf\xff"}\r\n'  # line 6: invalid UTF-8
         b'{"prompt": "g", "completion": "h"}'  # line 7: no trailing newline
     )
     rows = list(iter_rows(str(path)))
     assert [r.line for r in rows] == [1, 2, 3, 5, 6, 7]
     assert [r.data for r in rows if r.error is None] == [
-        {"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}, {"prompt": "g", "completion": "h"}]
+        {"prompt": "a", "completion": "b"},
+        {"prompt": "c", "completion": "d"},
+        {"prompt": "g", "completion": "h"},
+    ]
     bad = {r.line: r for r in rows if r.error}
     assert bad[3].error.startswith("not valid JSON: ") and bad[3].raw == '{"prompt": "e", "completion": '
     assert bad[5].error == "expected a JSON object, got list" and bad[5].raw == "[1, 2]"
@@ -144,17 +160,19 @@ def test_csv_nulls_bad_cells_and_bad_bytes(tmp_path):
     path = tmp_path / "d.csv"
     path.write_bytes(
         b"prompt,completion\n"
-        b"a,\n"          # line 2: empty cell -> None
-        b"b,NaN\n"       # line 3: NaN -> None
-        b"\n"            # line 4: blank, skipped
-        b"c,d,extra\n"   # line 5: too many cells
-        b"caf\xff,e\n"   # line 6: invalid UTF-8
+        b"a,\n"  # line 2: empty cell -> None
+        b"b,NaN\n"  # line 3: NaN -> None
+        b"\n"  # line 4: blank, skipped
+        b"c,d,extra\n"  # line 5: too many cells
+        b"caf\xff,e\n"  # line 6: invalid UTF-8
         b"f,g\n"
     )
     rows = list(iter_rows(str(path)))
     assert [(r.line, r.data) for r in rows if r.error is None] == [
-        (2, {"prompt": "a", "completion": None}), (3, {"prompt": "b", "completion": None}),
-        (7, {"prompt": "f", "completion": "g"})]
+        (2, {"prompt": "a", "completion": None}),
+        (3, {"prompt": "b", "completion": None}),
+        (7, {"prompt": "f", "completion": "g"}),
+    ]
     bad = {r.line: r for r in rows if r.error}
     assert bad[5].error == "row has 3 cells, header has 2"
     assert bad[6].error.startswith("invalid UTF-8") and bad[6].raw == "caf\\xff,e"
@@ -181,7 +199,9 @@ def test_field_map_renames_source_columns(tmp_path, kind):
 
 
 def test_field_map_takes_the_named_column_only(tmp_path):
-    path = make(tmp_path, "jsonl", [{"prompt": "own", "completion": "c"}, {"question": "q", "prompt": "own", "completion": "c"}])
+    path = make(
+        tmp_path, "jsonl", [{"prompt": "own", "completion": "c"}, {"question": "q", "prompt": "own", "completion": "c"}]
+    )
     rows = list(iter_rows(path, field_map={"prompt": "question"}))
     assert rows[0].data == {"completion": "c"}  # no silent fallback to the 'prompt' column
     assert rows[1].data == {"prompt": "q", "completion": "c"}
@@ -203,7 +223,9 @@ def test_builtin_rows_and_parameters():
 
 
 def test_importing_the_data_layer_pulls_in_no_torch_and_no_upper_layers():
-    code = ("import sys, preference_data.readers, preference_data.validate, preference_data.synthetic;"
-            "bad = [m for m in ('torch', 'transformers', 'rlhf', 'reward_models') if m in sys.modules];"
-            "assert not bad, bad")
+    code = (
+        "import sys, preference_data.readers, preference_data.validate, preference_data.synthetic;"
+        "bad = [m for m in ('torch', 'transformers', 'rlhf', 'reward_models') if m in sys.modules];"
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -41,38 +41,73 @@ def test_messages_form_keeps_role_and_content_only():
     assert check_sft({"prompt": "hi", "completion": "hello", "messages": None, "system": ""}).messages == (U, A)
 
 
-@pytest.mark.parametrize("data, reason, kind", [
-    ({"prompt": "hi"}, "field 'completion' is missing", "missing field"),
-    ({"completion": "x"}, "field 'prompt' is missing", "missing field"),
-    ({"other": 1}, "field 'messages' is missing (or give 'prompt' and 'completion')", "missing field"),
-    ({"prompt": "hi", "completion": "  "}, "field 'completion' is empty", "empty field"),
-    ({"prompt": "hi", "completion": None}, "field 'completion' is empty", "empty field"),
-    ({"prompt": "", "completion": "x"}, "field 'prompt' is empty", "empty field"),
-    ({"prompt": [], "completion": "x"}, "field 'prompt' is empty", "empty field"),
-    ({"prompt": 3, "completion": "x"}, "field 'prompt' must be a string or a list of messages, got int", "wrong type"),
-    ({"prompt": "hi", "completion": ["x"]}, "field 'completion' must be a string, got list", "wrong type"),
-    ({"prompt": "hi", "completion": "x", "system": 5}, "field 'system' must be a string, got int", "wrong type"),
-    ({"prompt": "hi", "completion": "\ud800"}, "field 'completion' has invalid Unicode (a lone surrogate)", "invalid UTF-8"),
-    ({"messages": [U, A], "prompt": "hi"}, "record has both 'messages' and 'prompt'/'completion'; give one form", "ambiguous format"),
-    ({"messages": [S, U, A], "system": "x"}, "record has both a 'system' field and a system message", "ambiguous format"),
-    ({"messages": "hi"}, "field 'messages' must be a list of messages, got str", "wrong type"),
-    ({"messages": []}, "field 'messages' is empty", "empty field"),
-    ({"messages": None}, "field 'messages' is empty", "empty field"),
-    ({"messages": [U, "hello"]}, "messages[1] must be an object with 'role' and 'content', got str", "wrong type"),
-    ({"messages": [U, {"content": "x"}]}, "messages[1].role is missing", "missing field"),
-    ({"messages": [U, {"role": "assistant"}]}, "messages[1].content is missing", "missing field"),
-    ({"messages": [U, A, {"role": "bot", "content": "x"}]}, "messages[2].role 'bot' is not one of system, user, assistant", "invalid value"),
-    ({"messages": [U, {"role": 1, "content": "x"}]}, "messages[1].role must be a string, got int", "wrong type"),
-    ({"messages": [U, {"role": "assistant", "content": ""}]}, "messages[1].content is empty", "empty field"),
-    ({"messages": [U, {"role": "assistant", "content": 7}]}, "messages[1].content must be a string, got int", "wrong type"),
-    ({"messages": [U, S, A]}, "messages[1].role 'system' is only allowed as the first message", "bad conversation"),
-    ({"messages": [S, U]}, "no assistant turn with content", "bad conversation"),
-    ({"messages": [A, U, A]}, "conversation must start with a user turn (after an optional system message), got assistant", "bad conversation"),
-    ({"messages": [U, A, U]}, "conversation must end with an assistant turn, got user", "bad conversation"),
-    ({"prompt": [U, A], "completion": "x"}, "conversation in 'prompt' must end with a user turn, got assistant", "bad conversation"),
-    ({"prompt": [U, {"role": "user"}], "completion": "x"}, "prompt[1].content is missing", "missing field"),
-    (["not", "a", "dict"], "expected a JSON object, got list", "wrong type"),
-])
+@pytest.mark.parametrize(
+    "data, reason, kind",
+    [
+        ({"prompt": "hi"}, "field 'completion' is missing", "missing field"),
+        ({"completion": "x"}, "field 'prompt' is missing", "missing field"),
+        ({"other": 1}, "field 'messages' is missing (or give 'prompt' and 'completion')", "missing field"),
+        ({"prompt": "hi", "completion": "  "}, "field 'completion' is empty", "empty field"),
+        ({"prompt": "hi", "completion": None}, "field 'completion' is empty", "empty field"),
+        ({"prompt": "", "completion": "x"}, "field 'prompt' is empty", "empty field"),
+        ({"prompt": [], "completion": "x"}, "field 'prompt' is empty", "empty field"),
+        (
+            {"prompt": 3, "completion": "x"},
+            "field 'prompt' must be a string or a list of messages, got int",
+            "wrong type",
+        ),
+        ({"prompt": "hi", "completion": ["x"]}, "field 'completion' must be a string, got list", "wrong type"),
+        ({"prompt": "hi", "completion": "x", "system": 5}, "field 'system' must be a string, got int", "wrong type"),
+        (
+            {"prompt": "hi", "completion": "\ud800"},
+            "field 'completion' has invalid Unicode (a lone surrogate)",
+            "invalid UTF-8",
+        ),
+        (
+            {"messages": [U, A], "prompt": "hi"},
+            "record has both 'messages' and 'prompt'/'completion'; give one form",
+            "ambiguous format",
+        ),
+        (
+            {"messages": [S, U, A], "system": "x"},
+            "record has both a 'system' field and a system message",
+            "ambiguous format",
+        ),
+        ({"messages": "hi"}, "field 'messages' must be a list of messages, got str", "wrong type"),
+        ({"messages": []}, "field 'messages' is empty", "empty field"),
+        ({"messages": None}, "field 'messages' is empty", "empty field"),
+        ({"messages": [U, "hello"]}, "messages[1] must be an object with 'role' and 'content', got str", "wrong type"),
+        ({"messages": [U, {"content": "x"}]}, "messages[1].role is missing", "missing field"),
+        ({"messages": [U, {"role": "assistant"}]}, "messages[1].content is missing", "missing field"),
+        (
+            {"messages": [U, A, {"role": "bot", "content": "x"}]},
+            "messages[2].role 'bot' is not one of system, user, assistant",
+            "invalid value",
+        ),
+        ({"messages": [U, {"role": 1, "content": "x"}]}, "messages[1].role must be a string, got int", "wrong type"),
+        ({"messages": [U, {"role": "assistant", "content": ""}]}, "messages[1].content is empty", "empty field"),
+        (
+            {"messages": [U, {"role": "assistant", "content": 7}]},
+            "messages[1].content must be a string, got int",
+            "wrong type",
+        ),
+        ({"messages": [U, S, A]}, "messages[1].role 'system' is only allowed as the first message", "bad conversation"),
+        ({"messages": [S, U]}, "no assistant turn with content", "bad conversation"),
+        (
+            {"messages": [A, U, A]},
+            "conversation must start with a user turn (after an optional system message), got assistant",
+            "bad conversation",
+        ),
+        ({"messages": [U, A, U]}, "conversation must end with an assistant turn, got user", "bad conversation"),
+        (
+            {"prompt": [U, A], "completion": "x"},
+            "conversation in 'prompt' must end with a user turn, got assistant",
+            "bad conversation",
+        ),
+        ({"prompt": [U, {"role": "user"}], "completion": "x"}, "prompt[1].content is missing", "missing field"),
+        (["not", "a", "dict"], "expected a JSON object, got list", "wrong type"),
+    ],
+)
 def test_rejection_reasons_are_precise(data, reason, kind):
     with pytest.raises(Rejected) as caught:
         check_sft(data)
@@ -91,17 +126,20 @@ def test_reader_errors_have_kinds():
 @pytest.fixture
 def messy_jsonl(tmp_path):
     (tmp_path / "data").mkdir()
-    return write_lines(tmp_path / "data" / "messy.jsonl", [
-        '{"prompt": "a", "completion": "b"}',           # 1 ok
-        '{"prompt": "c", "completion": ""}',            # 2 empty field
-        '{"prompt": "e", "completion": ',               # 3 not valid JSON
-        "",                                             # 4 blank: not a record
-        '{"prompt": "f"}',                              # 5 missing field
-        b'{"prompt": "caf\xff", "completion": "x"}\n',  # 6 invalid UTF-8
-        "[1, 2]",                                       # 7 wrong type
-        '{"messages": [{"role": "bot", "content": "x"}]}',  # 8 invalid value
-        '{"prompt": "g", "completion": "h"}',           # 9 ok
-    ])
+    return write_lines(
+        tmp_path / "data" / "messy.jsonl",
+        [
+            '{"prompt": "a", "completion": "b"}',  # 1 ok
+            '{"prompt": "c", "completion": ""}',  # 2 empty field
+            '{"prompt": "e", "completion": ',  # 3 not valid JSON
+            "",  # 4 blank: not a record
+            '{"prompt": "f"}',  # 5 missing field
+            b'{"prompt": "caf\xff", "completion": "x"}\n',  # 6 invalid UTF-8
+            "[1, 2]",  # 7 wrong type
+            '{"messages": [{"role": "bot", "content": "x"}]}',  # 8 invalid value
+            '{"prompt": "g", "completion": "h"}',  # 9 ok
+        ],
+    )
 
 
 def test_load_sft_quarantines_every_rejection_with_file_and_line(messy_jsonl, tmp_path):
@@ -109,15 +147,23 @@ def test_load_sft_quarantines_every_rejection_with_file_and_line(messy_jsonl, tm
     records, report = load_sft([messy_jsonl], quarantine_path=str(qpath))
     assert [(r.line, r.completion) for r in records] == [(1, "b"), (9, "h")]
     assert (report.read, report.accepted, report.rejected) == (8, 2, 6)
-    assert report.reasons == {"empty field": 1, "not valid JSON": 1, "missing field": 1,
-                              "invalid UTF-8": 1, "wrong type": 1, "invalid value": 1}
+    assert report.reasons == {
+        "empty field": 1,
+        "not valid JSON": 1,
+        "missing field": 1,
+        "invalid UTF-8": 1,
+        "wrong type": 1,
+        "invalid value": 1,
+    }
     entries = read_quarantine(qpath)
     assert len(entries) == report.rejected
     assert all(e["source"] == messy_jsonl and set(e) == {"source", "line", "reason", "record"} for e in entries)
     by_line = {e["line"]: e for e in entries}
     assert by_line[2]["reason"] == "field 'completion' is empty"
     assert by_line[2]["record"] == {"prompt": "c", "completion": ""}
-    assert by_line[3]["reason"].startswith("not valid JSON") and by_line[3]["record"] == '{"prompt": "e", "completion": '
+    assert (
+        by_line[3]["reason"].startswith("not valid JSON") and by_line[3]["record"] == '{"prompt": "e", "completion": '
+    )
     assert by_line[5]["reason"] == "field 'completion' is missing"
     assert by_line[6]["reason"].startswith("invalid UTF-8")
     assert by_line[6]["record"] == '{"prompt": "caf\\xff", "completion": "x"}'  # raw text, bad byte visible
@@ -162,19 +208,27 @@ def test_several_sources_and_field_map(tmp_path):
     assert [(r.source, r.line) for r in records] == [(a, 1), (str(b), 2)]
     assert report.sources == [a, str(b)]
     assert [(e["source"], e["line"], e["reason"]) for e in read_quarantine(qpath)] == [
-        (a, 2, "field 'completion' is missing"), (str(b), 3, "field 'prompt' is empty")]
+        (a, 2, "field 'completion' is missing"),
+        (str(b), 3, "field 'prompt' is empty"),
+    ]
 
 
 def test_reject_accepted_moves_a_record_and_quarantines_it(tmp_path):
-    path = write_lines(tmp_path / "d.jsonl", ['{"prompt": "a", "completion": "b"}', '{"prompt": "c", "completion": "d"}', "x"])
+    path = write_lines(
+        tmp_path / "d.jsonl", ['{"prompt": "a", "completion": "b"}', '{"prompt": "c", "completion": "d"}', "x"]
+    )
     qpath = tmp_path / "q.jsonl"
     records, report = load_sft([path], quarantine_path=str(qpath))
     report.reject_accepted(records[1], "prompt + completion is 700 tokens, too long for max_length 512")
     assert (report.read, report.accepted, report.rejected) == (3, 1, 2)
     assert report.reasons == {"not valid JSON": 1, "too long": 1}
     entries = read_quarantine(qpath)  # appended after load_sft closed the file
-    assert entries[-1] == {"source": path, "line": 2, "reason": "prompt + completion is 700 tokens, too long for max_length 512",
-                           "record": {"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}}
+    assert entries[-1] == {
+        "source": path,
+        "line": 2,
+        "reason": "prompt + completion is 700 tokens, too long for max_length 512",
+        "record": {"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
+    }
     report.to_dict()
 
 

@@ -243,9 +243,7 @@ def test_matches_trl_dpo_trainer(loss_type, beta, label_smoothing, average):
     ref = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]])
     if average:
         ref = ref / shift_mask.sum(1)
-    loss, metrics = dpo_loss(
-        logps[:batch], logps[batch:], ref[:batch], ref[batch:], beta, loss_type, label_smoothing
-    )
+    loss, metrics = dpo_loss(logps[:batch], logps[batch:], ref[:batch], ref[batch:], beta, loss_type, label_smoothing)
     (our_grad,) = torch.autograd.grad(loss, ours_token)
 
     assert loss.item() == pytest.approx(trl_loss.item(), rel=1e-5)
@@ -287,7 +285,11 @@ def test_cdpo_matches_trl_aot_on_co_sorted_batches():
     trl_loss = dpo_trainer.DPOTrainer._compute_loss(stub, stub.model, inputs, return_outputs=False)
     logps = sequence_logps(per_token, shift_mask)
     loss, _ = dpo_loss(
-        logps[:batch], logps[batch:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"],
-        beta=0.2, label_smoothing=0.1,
+        logps[:batch],
+        logps[batch:],
+        inputs["ref_chosen_logps"],
+        inputs["ref_rejected_logps"],
+        beta=0.2,
+        label_smoothing=0.1,
     )
     assert loss.item() == pytest.approx(trl_loss.item(), rel=1e-5)

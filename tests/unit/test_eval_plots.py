@@ -10,20 +10,65 @@ from rlhf.eval.plots import plot_frontier, plot_results
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 RESULTS = {
-    "prompts": "builtin:judged-prompts?n=200&seed=4242", "n_prompts": 200, "seeds": [0, 1, 2],
-    "baseline": "sft", "reference": "runs/sft", "win_metric": "judge", "temperature": 1.0,
+    "prompts": "builtin:judged-prompts?n=200&seed=4242",
+    "n_prompts": 200,
+    "seeds": [0, 1, 2],
+    "baseline": "sft",
+    "reference": "runs/sft",
+    "win_metric": "judge",
+    "temperature": 1.0,
     "max_new_tokens": 48,
     "policies": {
-        "sft": {"path": "runs/sft", "judge": 0.1, "judge_seed_std": 0.02, "reward": -0.2, "reward_seed_std": 0.05,
-                "kl": 0.0, "kl_seed_std": 0.0, "length": 30.2, "length_seed_std": 1.0, "eos_rate": 0.7},
-        "dpo": {"path": "runs/dpo", "judge": 0.45, "judge_seed_std": 0.03, "reward": 0.6, "reward_seed_std": 0.1,
-                "kl": 4.2, "kl_seed_std": 0.4, "length": 22.0, "length_seed_std": 2.0, "eos_rate": 0.9,
-                "win_rate_per_seed": [0.66, 0.7, 0.68], "win_rate": 0.68, "win_rate_seed_std": 0.02,
-                "win_rate_ci95": [0.61, 0.75], "wins": 0.6, "ties": 0.16, "losses": 0.24},
-        "ppo": {"path": "runs/ppo", "judge": 0.3, "judge_seed_std": 0.05, "reward": 0.9, "reward_seed_std": 0.1,
-                "kl": 8.0, "kl_seed_std": 1.0, "length": 40.0, "length_seed_std": 3.0, "eos_rate": 0.5,
-                "win_rate_per_seed": [0.55, 0.6, 0.59], "win_rate": 0.58, "win_rate_seed_std": 0.03,
-                "win_rate_ci95": [0.5, 0.66], "wins": 0.5, "ties": 0.16, "losses": 0.34},
+        "sft": {
+            "path": "runs/sft",
+            "judge": 0.1,
+            "judge_seed_std": 0.02,
+            "reward": -0.2,
+            "reward_seed_std": 0.05,
+            "kl": 0.0,
+            "kl_seed_std": 0.0,
+            "length": 30.2,
+            "length_seed_std": 1.0,
+            "eos_rate": 0.7,
+        },
+        "dpo": {
+            "path": "runs/dpo",
+            "judge": 0.45,
+            "judge_seed_std": 0.03,
+            "reward": 0.6,
+            "reward_seed_std": 0.1,
+            "kl": 4.2,
+            "kl_seed_std": 0.4,
+            "length": 22.0,
+            "length_seed_std": 2.0,
+            "eos_rate": 0.9,
+            "win_rate_per_seed": [0.66, 0.7, 0.68],
+            "win_rate": 0.68,
+            "win_rate_seed_std": 0.02,
+            "win_rate_ci95": [0.61, 0.75],
+            "wins": 0.6,
+            "ties": 0.16,
+            "losses": 0.24,
+        },
+        "ppo": {
+            "path": "runs/ppo",
+            "judge": 0.3,
+            "judge_seed_std": 0.05,
+            "reward": 0.9,
+            "reward_seed_std": 0.1,
+            "kl": 8.0,
+            "kl_seed_std": 1.0,
+            "length": 40.0,
+            "length_seed_std": 3.0,
+            "eos_rate": 0.5,
+            "win_rate_per_seed": [0.55, 0.6, 0.59],
+            "win_rate": 0.58,
+            "win_rate_seed_std": 0.03,
+            "win_rate_ci95": [0.5, 0.66],
+            "wins": 0.5,
+            "ties": 0.16,
+            "losses": 0.34,
+        },
     },
 }
 
@@ -74,8 +119,10 @@ def test_plot_results_single_policy_skips_win_rates(tmp_path):
 
 def test_plot_results_sparse_rows(tmp_path):
     # no seed stds, no CI, no per-seed points, no wins / ties / losses, no judge or reward at all
-    results = {"baseline": "a", "policies": {"a": {"kl": 0.0, "length": 5.0},
-                                             "b": {"kl": 1.5, "eos_rate": 0.25, "win_rate": 0.4}}}
+    results = {
+        "baseline": "a",
+        "policies": {"a": {"kl": 0.0, "length": 5.0}, "b": {"kl": 1.5, "eos_rate": 0.25, "win_rate": 0.4}},
+    }
     paths = plot_results(results, tmp_path)
     assert [p.name for p in paths] == ["win_rates.png", "kl_length.png"]
     for path in paths:
@@ -101,8 +148,11 @@ def test_plot_frontier_two_series_and_baseline(tmp_path):
 
 def test_plot_frontier_other_keys(tmp_path):
     points = [{"group": "a", "reward": 1.0, "length": 10, "name": "x"}, {"group": "b", "reward": 2.0, "length": 20}]
-    assert_png(plot_frontier(points, tmp_path / "f.png", x="length", y="reward", series="group", label="name",
-                             title="Reward vs length"))
+    assert_png(
+        plot_frontier(
+            points, tmp_path / "f.png", x="length", y="reward", series="group", label="name", title="Reward vs length"
+        )
+    )
 
 
 def test_plot_frontier_missing_key_is_named(tmp_path):

@@ -196,11 +196,14 @@ def test_sample_with_kl_same_model_is_zero(policy, tiny_tokenizer):
     assert none["texts"] == result["texts"]  # same seed, same samples
 
 
-@pytest.mark.parametrize("cfg, kl_temperature", [
-    (SamplingConfig(max_new_tokens=8, temperature=1.0), 1.0),
-    (SamplingConfig(max_new_tokens=8, temperature=0.7), 0.7),
-    (SamplingConfig(max_new_tokens=8, temperature=0.7, do_sample=False), 1.0),  # greedy: plain logits
-])
+@pytest.mark.parametrize(
+    "cfg, kl_temperature",
+    [
+        (SamplingConfig(max_new_tokens=8, temperature=1.0), 1.0),
+        (SamplingConfig(max_new_tokens=8, temperature=0.7), 0.7),
+        (SamplingConfig(max_new_tokens=8, temperature=0.7, do_sample=False), 1.0),  # greedy: plain logits
+    ],
+)
 def test_sample_with_kl_matches_independent_computation(policy, reference, tiny_tokenizer, cfg, kl_temperature):
     seed = 7
     result = sample_with_kl(policy, reference, tiny_tokenizer, PROMPTS, cfg, batch_size=len(PROMPTS), seed=seed)
@@ -243,9 +246,25 @@ def test_eval_cli_writes_results_and_plots(eos_policy_folder, tmp_path, capsys):
     from rlhf.cli.main import main
 
     out = tmp_path / "eval"
-    argv = ["eval", "--policy", "base=builtin:tiny", "--policy", f"eos={eos_policy_folder}",
-            "--judge", "preference_data.synthetic:judge", "--prompts", EVAL_PROMPTS, "--max-new-tokens", "6",
-            "--batch-size", "2", "--device", "cpu", "--out", str(out)]
+    argv = [
+        "eval",
+        "--policy",
+        "base=builtin:tiny",
+        "--policy",
+        f"eos={eos_policy_folder}",
+        "--judge",
+        "preference_data.synthetic:judge",
+        "--prompts",
+        EVAL_PROMPTS,
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for name in ("results.json", "results.md", "samples.jsonl", "scores.png", "win_rates.png", "kl_length.png"):
@@ -267,8 +286,15 @@ def test_run_eval_with_keyword_arguments(tmp_path):
     from rlhf.eval.run import run_eval
 
     out = tmp_path / "eval"
-    results = run_eval({"tiny": "builtin:tiny"}, out=str(out), judge="helpers:constant_reward",
-                       prompts=EVAL_PROMPTS, seeds=(3,), max_new_tokens=4, device="auto")
+    results = run_eval(
+        {"tiny": "builtin:tiny"},
+        out=str(out),
+        judge="helpers:constant_reward",
+        prompts=EVAL_PROMPTS,
+        seeds=(3,),
+        max_new_tokens=4,
+        device="auto",
+    )
     assert results["seeds"] == [3] and results["win_metric"] == "judge"
     row = results["policies"]["tiny"]
     assert row["judge"] == 7.0 and row["judge_seed_std"] == 0.0 and "win_rate" not in row
@@ -288,10 +314,33 @@ def test_eval_bad_device(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         run_eval({"tiny": "builtin:tiny"}, out=str(tmp_path), judge="helpers:constant_reward", device="gpu")
     with pytest.raises(SystemExit):
-        main(["--policy", "a=builtin:tiny", "--judge", "helpers:constant_reward", "--device", "gpu",
-              "--out", str(tmp_path)])
+        main(
+            [
+                "--policy",
+                "a=builtin:tiny",
+                "--judge",
+                "helpers:constant_reward",
+                "--device",
+                "gpu",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     if not torch.cuda.is_available():
-        assert main(["--policy", "a=builtin:tiny", "--judge", "helpers:constant_reward", "--device", "cuda",
-                     "--out", str(tmp_path)]) == 2
+        assert (
+            main(
+                [
+                    "--policy",
+                    "a=builtin:tiny",
+                    "--judge",
+                    "helpers:constant_reward",
+                    "--device",
+                    "cuda",
+                    "--out",
+                    str(tmp_path),
+                ]
+            )
+            == 2
+        )
         assert "no CUDA device" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing written on bad arguments

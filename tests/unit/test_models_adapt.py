@@ -35,9 +35,17 @@ TOTAL = EMBED + L * BLOCK + FINAL_NORM + HEAD
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=HEADS,
-        num_key_value_heads=KV, intermediate_size=INTER, max_position_embeddings=64,
-        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        vocab_size=V,
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV,
+        intermediate_size=INTER,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
     )
     return LlamaForCausalLM(config)
 
@@ -80,7 +88,9 @@ def test_freeze_finds_gpt2_blocks_and_tied_head():
 
 def test_lora_all_linear_adds_r_times_in_plus_out_per_linear_layer():
     r = 4
-    per_block = sum(r * (i + o) for i, o in [(H, H), (H, KV_DIM), (H, KV_DIM), (H, H), (H, INTER), (H, INTER), (INTER, H)])
+    per_block = sum(
+        r * (i + o) for i, o in [(H, H), (H, KV_DIM), (H, KV_DIM), (H, H), (H, INTER), (H, INTER), (INTER, H)]
+    )
     model = apply_adaptation(tiny_llama(), AdaptConfig(strategy="lora", lora_r=r, lora_alpha=8))
     assert count_parameters(model) == (L * per_block, TOTAL + L * per_block)  # lm_head is not adapted
     assert not model.get_base_model().lm_head.weight.requires_grad
@@ -88,9 +98,7 @@ def test_lora_all_linear_adds_r_times_in_plus_out_per_linear_layer():
 
 def test_lora_comma_list_adapts_only_the_named_modules():
     r = 2
-    model = apply_adaptation(
-        tiny_llama(), AdaptConfig(strategy="lora", lora_r=r, lora_target_modules="q_proj, v_proj")
-    )
+    model = apply_adaptation(tiny_llama(), AdaptConfig(strategy="lora", lora_r=r, lora_target_modules="q_proj, v_proj"))
     expected = L * (r * (H + H) + r * (H + KV_DIM))
     assert count_parameters(model)[0] == expected
 
@@ -147,18 +155,21 @@ def test_non_builtin_names_pass_through_unchanged():
 # local folders vs Hub names
 
 
-@pytest.mark.parametrize("name, local", [
-    ("HuggingFaceTB/SmolLM2-135M-Instruct", False),  # owner/name with no such local folder: the Hub
-    ("gpt2", False),
-    ("builtin:tiny", False),
-    ("runs/sft-tiny/model", True),  # more than one '/'
-    ("runs/model", True),  # one '/', and runs/ exists here
-    ("/abs/model", True),
-    ("./model", True),
-    ("../model", True),
-    ("~/model", True),
-    ("models\\sft", True),
-])
+@pytest.mark.parametrize(
+    "name, local",
+    [
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", False),  # owner/name with no such local folder: the Hub
+        ("gpt2", False),
+        ("builtin:tiny", False),
+        ("runs/sft-tiny/model", True),  # more than one '/'
+        ("runs/model", True),  # one '/', and runs/ exists here
+        ("/abs/model", True),
+        ("./model", True),
+        ("../model", True),
+        ("~/model", True),
+        ("models\\sft", True),
+    ],
+)
 def test_local_path_rule(tmp_path, monkeypatch, name, local):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
@@ -170,8 +181,11 @@ def test_missing_local_folder_names_the_key_the_path_and_the_likely_cause(tmp_pa
     cfg = ModelConfig(name_or_path="runs/sft-tiny/model")
     for load in (load_tokenizer, load_causal_lm):
         # Without the check transformers says "Repo id must be in the form 'repo_name' or ...".
-        with pytest.raises(FileNotFoundError, match=r"^model\.name_or_path: model folder runs/sft-tiny/model does "
-                                                    r"not exist \(is it the output of a stage that has not run yet\?\)"):
+        with pytest.raises(
+            FileNotFoundError,
+            match=r"^model\.name_or_path: model folder runs/sft-tiny/model does "
+            r"not exist \(is it the output of a stage that has not run yet\?\)",
+        ):
             load(cfg)
     with pytest.raises(FileNotFoundError, match=r"critic\.init_from: model folder \./gone does not exist"):
         check_model_path("./gone", "critic.init_from")
@@ -187,11 +201,17 @@ def test_missing_reward_model_folders_say_so(tmp_path):
     from reward_models.scorer import RewardModel
 
     missing = tmp_path / "rm-tiny" / "model"
-    with pytest.raises(FileNotFoundError, match=rf"model\.name_or_path: model folder {missing} does not exist "
-                                                r"\(is it the output of a stage that has not run yet\?\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"model\.name_or_path: model folder {missing} does not exist "
+        r"\(is it the output of a stage that has not run yet\?\)",
+    ):
         load_reward_model(ModelConfig(name_or_path=str(missing)), pad_token_id=0)
-    with pytest.raises(FileNotFoundError, match=rf"reward model folder {missing} does not exist \(is it the output "
-                                                r"of a stage that has not run yet\?\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"reward model folder {missing} does not exist \(is it the output "
+        r"of a stage that has not run yet\?\)",
+    ):
         RewardModel.from_pretrained(missing)
 
 

@@ -47,13 +47,16 @@ def test_lora_sft_hands_on_merged_weights(tmp_path):
         plan(pipeline(tmp_path, "sft.model.adapt.strategy=prefix"))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("ppo.kl.cof=1", "unknown key 'ppo.kl.cof'; did you mean 'ppo.kl.coef'"),
-    ("ppo.model.name_or_path=x", "set 'ppo.from_sft: false'"),
-    ("ppo.reward.model=x", "set 'ppo.from_rm: false'"),
-    ("dpo.from_rm=true", "only exists for the ppo stage"),
-    ("ppo.from_sft=maybe", "'ppo.from_sft' expects bool"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ppo.kl.cof=1", "unknown key 'ppo.kl.cof'; did you mean 'ppo.kl.coef'"),
+        ("ppo.model.name_or_path=x", "set 'ppo.from_sft: false'"),
+        ("ppo.reward.model=x", "set 'ppo.from_rm: false'"),
+        ("dpo.from_rm=true", "only exists for the ppo stage"),
+        ("ppo.from_sft=maybe", "'ppo.from_sft' expects bool"),
+    ],
+)
 def test_bad_sections_name_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         plan(pipeline(tmp_path, override))

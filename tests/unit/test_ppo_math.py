@@ -341,5 +341,7 @@ def test_whiten_with_summed_moments_equals_whiten_of_the_whole():
     kept = values[mask]
     assert float(mean) == pytest.approx(float(kept.mean()))
     assert float(var) == pytest.approx(float(kept.var(unbiased=False)))
-    halves = torch.cat([whiten(values[:3], mask[:3], stats=(mean, var)), whiten(values[3:], mask[3:], stats=(mean, var))])
+    halves = torch.cat(
+        [whiten(values[:3], mask[:3], stats=(mean, var)), whiten(values[3:], mask[3:], stats=(mean, var))]
+    )
     torch.testing.assert_close(halves, whiten(values, mask))

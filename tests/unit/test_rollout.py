@@ -44,8 +44,9 @@ def bias_towards_eos(model, tokenizer, prompts=PROMPTS, max_new_tokens=10):
         point_eos_along_mean_hidden(model, tokenizer, prompts, alpha)
         mixed = []
         for seed in SEEDS:
-            ended = sample(model, tokenizer, prompts, SamplingConfig(max_new_tokens=max_new_tokens),
-                           generator_seed=seed).ended
+            ended = sample(
+                model, tokenizer, prompts, SamplingConfig(max_new_tokens=max_new_tokens), generator_seed=seed
+            ).ended
             mixed.append(bool(ended.any() and not ended.all()))
         if all(mixed):
             return model
@@ -70,12 +71,14 @@ def eos_model(tiny_tokenizer):
 
 
 def test_truncate_after_eos_hand_cases():
-    ids = torch.tensor([
-        [5, EOS, 7, EOS, 9],  # EOS in the middle, another one later
-        [5, 6, 7, 8, 9],  # no EOS
-        [EOS, 5, EOS, 6, 7],  # EOS first
-        [5, 6, 7, 8, EOS],  # EOS last
-    ])
+    ids = torch.tensor(
+        [
+            [5, EOS, 7, EOS, 9],  # EOS in the middle, another one later
+            [5, 6, 7, 8, 9],  # no EOS
+            [EOS, 5, EOS, 6, 7],  # EOS first
+            [5, 6, 7, 8, EOS],  # EOS last
+        ]
+    )
     mask, ended = truncate_after_eos(ids, EOS)
     assert mask.dtype == torch.long and ended.dtype == torch.bool
     assert mask.tolist() == [
@@ -98,12 +101,14 @@ def test_truncate_after_eos_single_row_without_eos():
 
 
 def test_position_ids_under_left_padding():
-    mask = torch.tensor([
-        [0, 0, 1, 1, 1],
-        [1, 1, 1, 1, 1],
-        [0, 0, 0, 0, 1],
-        [0, 1, 1, 1, 0],  # left padding, then a masked response token after EOS
-    ])
+    mask = torch.tensor(
+        [
+            [0, 0, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+            [0, 0, 0, 0, 1],
+            [0, 1, 1, 1, 0],  # left padding, then a masked response token after EOS
+        ]
+    )
     assert position_ids(mask).tolist() == [
         [0, 0, 0, 1, 2],
         [0, 1, 2, 3, 4],
@@ -309,8 +314,9 @@ def gpt2_model():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=873, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=873, n_positions=64, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
     return GPT2LMHeadModel(config).float().eval()
 
 
@@ -336,8 +342,9 @@ def test_response_logprobs_hand_built_left_padding(model, gpt2_model, which, tem
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_response_logprobs_of_sampled_batch(eos_model, tiny_tokenizer, temperature):
-    samples = sample(eos_model, tiny_tokenizer, PROMPTS, SamplingConfig(max_new_tokens=10, temperature=temperature),
-                     generator_seed=2)
+    samples = sample(
+        eos_model, tiny_tokenizer, PROMPTS, SamplingConfig(max_new_tokens=10, temperature=temperature), generator_seed=2
+    )
     lengths = samples.attention_mask[:, : samples.prompt_length].sum(-1)
     assert len(set(lengths.tolist())) > 1  # left padding is really exercised
     assert samples.ended.any()  # masked tokens after an EOS too

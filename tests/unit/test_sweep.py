@@ -22,21 +22,37 @@ def test_a_grid_is_every_combination_in_order_and_grids_are_joined():
 
 
 def test_random_draws_are_fixed_by_the_seed_and_stay_in_their_ranges():
-    overrides = ["method=random", "trials=20", "grid={seed: [1, 2]}",
-                 "ranges={optim.lr: {min: 1e-4, max: 1e-2, log: true}, max_steps: {min: 5, max: 9, int: true}}"]
-    first, again, other = trial_params(sweep(*overrides)), trial_params(sweep(*overrides)), trial_params(sweep(*overrides, "seed=1"))
+    overrides = [
+        "method=random",
+        "trials=20",
+        "grid={seed: [1, 2]}",
+        "ranges={optim.lr: {min: 1e-4, max: 1e-2, log: true}, max_steps: {min: 5, max: 9, int: true}}",
+    ]
+    first, again, other = (
+        trial_params(sweep(*overrides)),
+        trial_params(sweep(*overrides)),
+        trial_params(sweep(*overrides, "seed=1")),
+    )
     assert first == again and first != other
-    assert all(1e-4 <= t["optim.lr"] <= 1e-2 and 5 <= t["max_steps"] <= 9 and isinstance(t["max_steps"], int)
-               and t["seed"] in (1, 2) for t in first)
+    assert all(
+        1e-4 <= t["optim.lr"] <= 1e-2
+        and 5 <= t["max_steps"] <= 9
+        and isinstance(t["max_steps"], int)
+        and t["seed"] in (1, 2)
+        for t in first
+    )
     # log-uniform: about half of the draws below the geometric middle 1e-3
     assert 4 <= sum(t["optim.lr"] < 1e-3 for t in first) <= 16
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["grid={}"], "give the keys to search"),
-    (["method=random", "grid={seed: [1]}"], "trials > 0"),
-    (["ranges={optim.lr: {min: 1, max: 2}}"], "ranges are for method: random"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["grid={}"], "give the keys to search"),
+        (["method=random", "grid={seed: [1]}"], "trials > 0"),
+        (["ranges={optim.lr: {min: 1, max: 2}}"], "ranges are for method: random"),
+    ],
+)
 def test_bad_sweeps_are_refused_with_the_reason(overrides, message):
     with pytest.raises(ConfigError, match=message):
         sweep(*overrides)
@@ -49,9 +65,11 @@ def test_a_bad_range_names_its_key():
 
 
 def test_the_best_row_ignores_baselines_and_is_bold():
-    rows = [{"trial": "trial-000", "policy": "sft", "baseline": True, "win_rate": 0.99},
-            {"trial": "trial-000", "policy": "dpo", "win_rate": 0.6, "kl": 1.0},
-            {"trial": "trial-001", "policy": "dpo", "win_rate": 0.8, "kl": 2.0}]
+    rows = [
+        {"trial": "trial-000", "policy": "sft", "baseline": True, "win_rate": 0.99},
+        {"trial": "trial-000", "policy": "dpo", "win_rate": 0.6, "kl": 1.0},
+        {"trial": "trial-001", "policy": "dpo", "win_rate": 0.8, "kl": 2.0},
+    ]
     assert best_index(rows, "win_rate", "max") == 2 and best_index(rows, "kl", "min") == 1
     assert best_index(rows, "missing", "max") is None
     text = table(rows, ["kl", "win_rate"], "win_rate", 2)
@@ -68,8 +86,11 @@ def test_the_frontier_has_one_baseline_point_and_a_series_per_method(tmp_path, m
 
     monkeypatch.setattr("rlhf.eval.plots.plot_frontier", fake_plot)
     cfg = load_config(SweepConfig, None, ["base=configs/pipeline/tiny.yaml", "grid={dpo.dpo.beta: [0.1, 0.3]}"])
-    rows = [{"trial": f"trial-00{i}", "label": f"beta={b}", "policy": p, "baseline": p == "sft", "kl": k, "judge": j}
-            for i, b in enumerate((0.1, 0.3)) for p, k, j in (("sft", 0.0, 1.0), ("dpo", 3.0 - 2 * i, 2.5 - i))]
+    rows = [
+        {"trial": f"trial-00{i}", "label": f"beta={b}", "policy": p, "baseline": p == "sft", "kl": k, "judge": j}
+        for i, b in enumerate((0.1, 0.3))
+        for p, k, j in (("sft", 0.0, 1.0), ("dpo", 3.0 - 2 * i, 2.5 - i))
+    ]
     assert _frontier(cfg, rows, tmp_path) == tmp_path / "frontier.png"
     methods = [p["method"] for p in drawn["points"]]
     assert methods == ["baseline", "dpo", "dpo"] and drawn["kwargs"]["x"] == "kl"

@@ -77,6 +77,7 @@ def test_corpus_covers_the_task_vocabulary():
 
 # --- held-out split by (colour, noun) -------------------------------------------------------
 
+
 def _combination(prompt):
     return synthetic.parse_prompt(prompt)
 
@@ -84,10 +85,15 @@ def _combination(prompt):
 def test_split_all_is_the_output_without_split():
     # Pinned from before `split` existed: existing configs and documented numbers rely on it.
     assert [r["prompt"] for r in prompt_records(4, seed=0, split="all")] == [
-        "Could you tell me about the brown fox?", "Describe the orange chair, please.",
-        "Could you tell me about the black chair?", "Describe the purple owl, please."]
-    assert sft_records(1, seed=0, quality="mixed", split="all")[0]["completion"] == \
-        "Great question! The brown fox is shy and alert. It hunts at night. Thanks for asking."
+        "Could you tell me about the brown fox?",
+        "Describe the orange chair, please.",
+        "Could you tell me about the black chair?",
+        "Describe the purple owl, please.",
+    ]
+    assert (
+        sft_records(1, seed=0, quality="mixed", split="all")[0]["completion"]
+        == "Great question! The brown fox is shy and alert. It hunts at night. Thanks for asking."
+    )
     assert sft_records(200, seed=5, split="all") == sft_records(200, seed=5)
     assert sft_records(200, seed=5, quality="mixed", split="all") == sft_records(200, seed=5, quality="mixed")
     assert prompt_records(200, seed=5, split="all") == prompt_records(200, seed=5)
@@ -100,8 +106,11 @@ def test_test_combinations_follow_the_documented_rule_and_cover_every_colour_and
     combos = {(c, n) for c in synthetic.COLOURS for n in synthetic.NOUNS}
     assert len(combos) == 144 and synthetic.TEST_COMBINATIONS <= combos
     assert synthetic.TEST_COMBINATIONS == {
-        (c, n) for c in synthetic.COLOURS for n in synthetic.NOUNS
-        if (synthetic.COLOURS.index(c) + synthetic.NOUNS.index(n)) % 5 == 0}
+        (c, n)
+        for c in synthetic.COLOURS
+        for n in synthetic.NOUNS
+        if (synthetic.COLOURS.index(c) + synthetic.NOUNS.index(n)) % 5 == 0
+    }
     assert len(synthetic.TEST_COMBINATIONS) == 29  # about 20%
     train = combos - synthetic.TEST_COMBINATIONS
     for side in (synthetic.TEST_COMBINATIONS, train):
@@ -115,14 +124,17 @@ def test_train_and_test_prompts_are_disjoint_and_cover_all_combinations():
     assert not train & test
     assert test == synthetic.TEST_COMBINATIONS
     assert len(train) == 115 and len(train | test) == 144
-    assert all(synthetic.in_split(r["prompt"], "train") and not synthetic.in_split(r["prompt"], "test")
-               for r in prompt_records(200, seed=1, split="train"))
+    assert all(
+        synthetic.in_split(r["prompt"], "train") and not synthetic.in_split(r["prompt"], "test")
+        for r in prompt_records(200, seed=1, split="train")
+    )
 
 
 def test_split_sampling_is_deterministic_per_seed():
     for split in ("train", "test"):
-        assert sft_records(100, seed=3, quality="mixed", split=split) == \
-            sft_records(100, seed=3, quality="mixed", split=split)
+        assert sft_records(100, seed=3, quality="mixed", split=split) == sft_records(
+            100, seed=3, quality="mixed", split=split
+        )
         assert prompt_records(100, seed=3, split=split) != prompt_records(100, seed=4, split=split)
 
 

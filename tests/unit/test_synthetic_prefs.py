@@ -47,8 +47,9 @@ def test_rated_scores_track_the_judge_and_builtins_read():
 
 
 def test_split_all_is_the_output_without_split():
-    assert pairwise_records(100, seed=3, noise=0.2, annotators=2, split="all") == \
-        pairwise_records(100, seed=3, noise=0.2, annotators=2)
+    assert pairwise_records(100, seed=3, noise=0.2, annotators=2, split="all") == pairwise_records(
+        100, seed=3, noise=0.2, annotators=2
+    )
     assert ranked_records(100, seed=3, noise=0.3, split="all") == ranked_records(100, seed=3, noise=0.3)
     assert rated_records(100, seed=3, k=3, split="all") == rated_records(100, seed=3, k=3)
     for name in ("judged-pairwise", "judged-ranked", "judged-rated"):

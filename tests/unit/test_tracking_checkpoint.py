@@ -37,8 +37,12 @@ def test_non_main_process_writes_nothing(tmp_path):
 
 def test_only_complete_checkpoints_are_resumed(tmp_path):
     root = tmp_path / "checkpoints"
-    for name, complete in [("step-00000002", True), ("step-00000010", True), ("step-00000012", False),
-                           (".tmp-step-00000014", True)]:
+    for name, complete in [
+        ("step-00000002", True),
+        ("step-00000010", True),
+        ("step-00000012", False),
+        (".tmp-step-00000014", True),
+    ]:
         (root / name).mkdir(parents=True)
         if complete:
             (root / name / STATE_FILE).write_text("{}")

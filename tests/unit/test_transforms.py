@@ -19,26 +19,34 @@ from preference_data.transforms import (
 
 def ranked(ranks, responses=None, source="r.jsonl", line=1, annotator="ann"):
     responses = responses or tuple("ABCDEFG"[: len(ranks)])
-    return RankedRecord(prompt="p", responses=tuple(responses), ranks=tuple(ranks),
-                        annotator=annotator, source=source, line=line)
+    return RankedRecord(
+        prompt="p", responses=tuple(responses), ranks=tuple(ranks), annotator=annotator, source=source, line=line
+    )
 
 
 def pair(chosen, rejected, prompt="p", line=1, annotator=None, margin=None):
-    return PairwiseRecord(prompt=prompt, chosen=chosen, rejected=rejected, margin=margin,
-                          annotator=annotator, source="p.jsonl", line=line)
+    return PairwiseRecord(
+        prompt=prompt, chosen=chosen, rejected=rejected, margin=margin, annotator=annotator, source="p.jsonl", line=line
+    )
 
 
 # --- ranked -> pairwise ---------------------------------------------------------------------
+
 
 def test_ranked_k4_gives_all_six_pairs_best_first():
     record = ranked([0, 1, 2, 3])
     pairs, report = ranked_to_pairwise([record])
     assert [(p.chosen, p.rejected) for p in pairs] == [
-        ("A", "B"), ("A", "C"), ("A", "D"), ("B", "C"), ("B", "D"), ("C", "D")]
+        ("A", "B"),
+        ("A", "C"),
+        ("A", "D"),
+        ("B", "C"),
+        ("B", "D"),
+        ("C", "D"),
+    ]
     assert report.records_in == 1 and report.records_out == 6 and report.ties_skipped == 0
     assert {p.group for p in pairs} == {"r.jsonl:1"}
-    assert all(p.annotator == "ann" and p.source == "r.jsonl" and p.line == 1 and p.margin is None
-               for p in pairs)
+    assert all(p.annotator == "ann" and p.source == "r.jsonl" and p.line == 1 and p.margin is None for p in pairs)
     assert record.ranks == (0, 1, 2, 3)  # input untouched
 
 
@@ -46,7 +54,13 @@ def test_ranked_order_of_responses_does_not_decide_chosen():
     # Responses listed worst first: ranks [3, 2, 1, 0] means D is best.
     pairs, _ = ranked_to_pairwise([ranked([3, 2, 1, 0])])
     assert [(p.chosen, p.rejected) for p in pairs] == [
-        ("B", "A"), ("C", "A"), ("D", "A"), ("C", "B"), ("D", "B"), ("D", "C")]
+        ("B", "A"),
+        ("C", "A"),
+        ("D", "A"),
+        ("C", "B"),
+        ("D", "B"),
+        ("D", "C"),
+    ]
 
 
 def test_ranked_ties_are_not_pairs_and_are_counted():
@@ -74,10 +88,12 @@ def test_ranked_length_mismatch_names_the_record():
 
 # --- rated -> pairwise / ranked ---------------------------------------------------------------
 
+
 def rated(scores, responses=None, line=1):
     responses = responses or tuple("ABCDEFG"[: len(scores)])
-    return RatedRecord(prompt="p", responses=tuple(responses), scores=tuple(scores),
-                       annotator="ann", source="s.jsonl", line=line)
+    return RatedRecord(
+        prompt="p", responses=tuple(responses), scores=tuple(scores), annotator="ann", source="s.jsonl", line=line
+    )
 
 
 def test_rated_pairs_have_score_difference_as_margin():
@@ -140,6 +156,7 @@ def test_rated_to_ranked_is_dense_with_ties():
 
 # --- pairwise -> ranked -----------------------------------------------------------------------
 
+
 def test_chain_of_pairs_gives_ranks():
     records, report = pairwise_to_ranked([pair("A", "B", line=1), pair("B", "C", line=2)])
     assert len(records) == 1
@@ -163,8 +180,9 @@ def test_cycle_is_reported_and_not_emitted():
     pairs = [pair("A", "B", line=1), pair("B", "C", line=2), pair("C", "A", line=3)]
     records, report = pairwise_to_ranked(pairs)
     assert records == []
-    assert report.cycles == [{"prompt": "p", "cycle": ["A", "B", "C"],
-                              "sources": ["p.jsonl:1", "p.jsonl:2", "p.jsonl:3"]}]
+    assert report.cycles == [
+        {"prompt": "p", "cycle": ["A", "B", "C"], "sources": ["p.jsonl:1", "p.jsonl:2", "p.jsonl:3"]}
+    ]
     assert report.pairs_in_cycles == 3
 
 
@@ -181,7 +199,9 @@ def test_single_pair_becomes_k2_and_disjoint_pairs_stay_apart():
     # K = 4 record that would claim A > D.
     records, report = pairwise_to_ranked([pair("A", "B", annotator="x"), pair("C", "D", annotator="x")])
     assert [(r.responses, r.ranks, r.annotator) for r in records] == [
-        (("A", "B"), (0, 1), "x"), (("C", "D"), (0, 1), "x")]
+        (("A", "B"), (0, 1), "x"),
+        (("C", "D"), (0, 1), "x"),
+    ]
     assert report.records_in == 2 and report.records_out == 2
 
 
@@ -201,14 +221,22 @@ def test_pairs_to_ranks_to_pairs_round_trip():
 
 # --- dedup ------------------------------------------------------------------------------------
 
+
 def test_dedup_counts_and_names_the_kept_record():
-    records = [pair("A", "B", line=1), pair("A", "B", line=2), pair("A", "C", line=3),
-               pair("A", "B", line=4), pair("A", "B", line=5, annotator="other")]
+    records = [
+        pair("A", "B", line=1),
+        pair("A", "B", line=2),
+        pair("A", "C", line=3),
+        pair("A", "B", line=4),
+        pair("A", "B", line=5, annotator="other"),
+    ]
     kept, report = dedup(records)
     assert [r.line for r in kept] == [1, 3, 5]
     assert report.duplicates == 2 and report.records_in == 5 and report.records_out == 3
-    assert report.duplicate_of == [{"dropped": "p.jsonl:2", "kept": "p.jsonl:1"},
-                                   {"dropped": "p.jsonl:4", "kept": "p.jsonl:1"}]
+    assert report.duplicate_of == [
+        {"dropped": "p.jsonl:2", "kept": "p.jsonl:1"},
+        {"dropped": "p.jsonl:4", "kept": "p.jsonl:1"},
+    ]
 
 
 def test_dedup_normalise_collapses_whitespace_and_case():
@@ -220,8 +248,11 @@ def test_dedup_normalise_collapses_whitespace_and_case():
 
 def test_dedup_handles_conversations_and_kinds():
     conversation = (message("user", "hi"), message("assistant", "hello"))
-    sft = [SFTRecord(conversation, "a", 1), SFTRecord(conversation, "b", 9),
-           SFTRecord((message("user", "hi"), message("assistant", "bye")), "a", 2)]
+    sft = [
+        SFTRecord(conversation, "a", 1),
+        SFTRecord(conversation, "b", 9),
+        SFTRecord((message("user", "hi"), message("assistant", "bye")), "a", 2),
+    ]
     kept, report = dedup(sft)
     assert [(r.source, r.line) for r in kept] == [("a", 1), ("a", 2)]
     assert report.duplicate_of == [{"dropped": "b:9", "kept": "a:1"}]
@@ -231,6 +262,7 @@ def test_dedup_handles_conversations_and_kinds():
 
 
 # --- split / shuffle --------------------------------------------------------------------------
+
 
 def test_split_by_prompt_is_disjoint_deterministic_and_near_the_fraction():
     records = [pair("A", "B", prompt=f"prompt {i}", line=i) for i in range(1000)]

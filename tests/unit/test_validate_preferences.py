@@ -48,6 +48,7 @@ def rejection(check, data):
 
 # --- accepted forms --------------------------------------------------------------------------
 
+
 def test_prompt_is_text_or_a_conversation_ending_with_the_user():
     assert check_prompt({"prompt": "hi"}, "f.jsonl", 2) == PromptRecord("hi", "f.jsonl", 2)
     conversation = [S, U, A, {"role": "user", "content": "more"}]
@@ -55,9 +56,18 @@ def test_prompt_is_text_or_a_conversation_ending_with_the_user():
 
 
 def test_pairwise_unwraps_assistant_messages_and_normalises_numbers():
-    record = check_pairwise({"prompt": [U], "chosen": [{"role": "assistant", "content": "good"}],
-                             "rejected": {"role": "assistant", "content": "bad"}, "margin": 2,
-                             "annotator": "ann-1", "group": "g"}, "f.jsonl", 4)
+    record = check_pairwise(
+        {
+            "prompt": [U],
+            "chosen": [{"role": "assistant", "content": "good"}],
+            "rejected": {"role": "assistant", "content": "bad"},
+            "margin": 2,
+            "annotator": "ann-1",
+            "group": "g",
+        },
+        "f.jsonl",
+        4,
+    )
     assert record == PairwiseRecord((U,), "good", "bad", 2.0, "ann-1", "g", "f.jsonl", 4)
     assert isinstance(record.margin, float)
     plain = check_pairwise({"prompt": "q", "chosen": "a", "rejected": "b", "margin": None, "annotator": ""})
@@ -69,8 +79,9 @@ def test_ranked_and_rated_records():
     assert ranked == RankedRecord("q", ("a", "b", "c"), (1, 0, 1), None, "r.jsonl", 1)
     rated = check_rated({"prompt": "q", "responses": ["a", "b"], "scores": [3, 4.5]})
     assert rated.scores == (3.0, 4.5)
-    attributes = check_rated({"prompt": "q", "responses": ["a", "b"],
-                              "scores": [{"help": 1, "honest": 2}, {"honest": 5, "help": 4}]})
+    attributes = check_rated(
+        {"prompt": "q", "responses": ["a", "b"], "scores": [{"help": 1, "honest": 2}, {"honest": 5, "help": 4}]}
+    )
     assert attributes.scores == ({"help": 1.0, "honest": 2.0}, {"honest": 5.0, "help": 4.0})
     # a single rated response is kept: regression can use it, pair transforms skip it
     assert check_rated({"prompt": "q", "responses": ["a"], "scores": [1]}).responses == ("a",)
@@ -81,31 +92,46 @@ def test_ranked_and_rated_records():
 PAIR = {"prompt": "q", "chosen": "a", "rejected": "b"}
 
 
-@pytest.mark.parametrize("data, reason, kind", [
-    ({"chosen": "a", "rejected": "b"}, "field 'prompt' is missing", "missing field"),
-    ({"prompt": "q", "rejected": "b"}, "field 'chosen' is missing", "missing field"),
-    (dict(PAIR, prompt="  "), "field 'prompt' is empty", "empty field"),
-    (dict(PAIR, prompt=[U, A]), "conversation in 'prompt' must end with a user turn, got assistant", "bad conversation"),
-    (dict(PAIR, prompt=[A, U]), "conversation in 'prompt' must start with a user turn (after an optional system message), got assistant", "bad conversation"),
-    (dict(PAIR, prompt=[S]), "conversation in 'prompt' must end with a user turn, got system", "bad conversation"),
-    (dict(PAIR, prompt=[U, {"role": "user", "content": ""}]), "prompt[1].content is empty", "empty field"),
-    (dict(PAIR, chosen=""), "field 'chosen' is empty", "empty field"),
-    (dict(PAIR, rejected=None), "field 'rejected' is empty", "empty field"),
-    (dict(PAIR, chosen=[]), "field 'chosen' is empty", "empty field"),
-    (dict(PAIR, chosen=3), "field 'chosen' must be a string or an assistant message, got int", "wrong type"),
-    (dict(PAIR, chosen=[U, A]), "field 'chosen' must be a string or one assistant message, got a list of 2 items", "wrong type"),
-    (dict(PAIR, chosen=U), "field 'chosen' must be an assistant message, got role 'user'", "wrong type"),
-    (dict(PAIR, chosen={"role": "assistant"}), "chosen.content is missing", "missing field"),
-    (dict(PAIR, rejected=[{"role": "assistant", "content": " "}]), "rejected.content is empty", "empty field"),
-    (dict(PAIR, chosen="same ", rejected=" same"), "chosen and rejected are identical", "identical responses"),
-    (dict(PAIR, margin=float("nan")), "field 'margin' is not finite", "invalid value"),
-    (dict(PAIR, margin=float("inf")), "field 'margin' is not finite", "invalid value"),
-    (dict(PAIR, margin=10 ** 400), "field 'margin' is not finite", "invalid value"),
-    (dict(PAIR, margin="1"), "field 'margin' must be a number, got str", "wrong type"),
-    (dict(PAIR, margin=True), "field 'margin' must be a number, got bool", "wrong type"),
-    (dict(PAIR, annotator=7), "field 'annotator' must be a string, got int", "wrong type"),
-    ("text", "expected a JSON object, got str", "wrong type"),
-])
+@pytest.mark.parametrize(
+    "data, reason, kind",
+    [
+        ({"chosen": "a", "rejected": "b"}, "field 'prompt' is missing", "missing field"),
+        ({"prompt": "q", "rejected": "b"}, "field 'chosen' is missing", "missing field"),
+        (dict(PAIR, prompt="  "), "field 'prompt' is empty", "empty field"),
+        (
+            dict(PAIR, prompt=[U, A]),
+            "conversation in 'prompt' must end with a user turn, got assistant",
+            "bad conversation",
+        ),
+        (
+            dict(PAIR, prompt=[A, U]),
+            "conversation in 'prompt' must start with a user turn (after an optional system message), got assistant",
+            "bad conversation",
+        ),
+        (dict(PAIR, prompt=[S]), "conversation in 'prompt' must end with a user turn, got system", "bad conversation"),
+        (dict(PAIR, prompt=[U, {"role": "user", "content": ""}]), "prompt[1].content is empty", "empty field"),
+        (dict(PAIR, chosen=""), "field 'chosen' is empty", "empty field"),
+        (dict(PAIR, rejected=None), "field 'rejected' is empty", "empty field"),
+        (dict(PAIR, chosen=[]), "field 'chosen' is empty", "empty field"),
+        (dict(PAIR, chosen=3), "field 'chosen' must be a string or an assistant message, got int", "wrong type"),
+        (
+            dict(PAIR, chosen=[U, A]),
+            "field 'chosen' must be a string or one assistant message, got a list of 2 items",
+            "wrong type",
+        ),
+        (dict(PAIR, chosen=U), "field 'chosen' must be an assistant message, got role 'user'", "wrong type"),
+        (dict(PAIR, chosen={"role": "assistant"}), "chosen.content is missing", "missing field"),
+        (dict(PAIR, rejected=[{"role": "assistant", "content": " "}]), "rejected.content is empty", "empty field"),
+        (dict(PAIR, chosen="same ", rejected=" same"), "chosen and rejected are identical", "identical responses"),
+        (dict(PAIR, margin=float("nan")), "field 'margin' is not finite", "invalid value"),
+        (dict(PAIR, margin=float("inf")), "field 'margin' is not finite", "invalid value"),
+        (dict(PAIR, margin=10**400), "field 'margin' is not finite", "invalid value"),
+        (dict(PAIR, margin="1"), "field 'margin' must be a number, got str", "wrong type"),
+        (dict(PAIR, margin=True), "field 'margin' must be a number, got bool", "wrong type"),
+        (dict(PAIR, annotator=7), "field 'annotator' must be a string, got int", "wrong type"),
+        ("text", "expected a JSON object, got str", "wrong type"),
+    ],
+)
 def test_pairwise_rejections(data, reason, kind):
     assert rejection(check_pairwise, data) == (reason, kind)
 
@@ -113,21 +139,28 @@ def test_pairwise_rejections(data, reason, kind):
 RANKED = {"prompt": "q", "responses": ["a", "b", "c", "d"], "ranks": [0, 1, 2, 3]}
 
 
-@pytest.mark.parametrize("data, reason, kind", [
-    ({"prompt": "q", "responses": ["a", "b"]}, "field 'ranks' is missing", "missing field"),
-    (dict(RANKED, responses="a"), "field 'responses' must be a list, got str", "wrong type"),
-    (dict(RANKED, responses=[]), "field 'responses' is empty", "empty field"),
-    (dict(RANKED, responses=["a"], ranks=[0]), "K < 2: need at least 2 responses", "too few responses"),
-    (dict(RANKED, responses=["a", "b", "  ", "d"]), "responses[2] is empty", "empty field"),
-    (dict(RANKED, responses=["a", "b", 3, "d"]), "responses[2] must be a string or an assistant message, got int", "wrong type"),
-    (dict(RANKED, responses=["a", "b", "a ", "d"]), "responses[2] duplicates responses[0]", "identical responses"),
-    (dict(RANKED, ranks=[0, 1, 2]), "3 ranks for 4 responses", "count mismatch"),
-    (dict(RANKED, ranks="0123"), "field 'ranks' must be a list of integers, got str", "wrong type"),
-    (dict(RANKED, ranks=[0, 1.0, 2, 3]), "ranks[1] must be an integer, got float", "wrong type"),
-    (dict(RANKED, ranks=[0, True, 2, 3]), "ranks[1] must be an integer, got bool", "wrong type"),
-    (dict(RANKED, ranks=[0, 1, -2, 3]), "ranks[2] is negative (-2); 0 is the best rank", "invalid value"),
-    (dict(RANKED, ranks=[1, 1, 1, 1]), "all ranks are equal: no preference to learn", "no preference"),
-])
+@pytest.mark.parametrize(
+    "data, reason, kind",
+    [
+        ({"prompt": "q", "responses": ["a", "b"]}, "field 'ranks' is missing", "missing field"),
+        (dict(RANKED, responses="a"), "field 'responses' must be a list, got str", "wrong type"),
+        (dict(RANKED, responses=[]), "field 'responses' is empty", "empty field"),
+        (dict(RANKED, responses=["a"], ranks=[0]), "K < 2: need at least 2 responses", "too few responses"),
+        (dict(RANKED, responses=["a", "b", "  ", "d"]), "responses[2] is empty", "empty field"),
+        (
+            dict(RANKED, responses=["a", "b", 3, "d"]),
+            "responses[2] must be a string or an assistant message, got int",
+            "wrong type",
+        ),
+        (dict(RANKED, responses=["a", "b", "a ", "d"]), "responses[2] duplicates responses[0]", "identical responses"),
+        (dict(RANKED, ranks=[0, 1, 2]), "3 ranks for 4 responses", "count mismatch"),
+        (dict(RANKED, ranks="0123"), "field 'ranks' must be a list of integers, got str", "wrong type"),
+        (dict(RANKED, ranks=[0, 1.0, 2, 3]), "ranks[1] must be an integer, got float", "wrong type"),
+        (dict(RANKED, ranks=[0, True, 2, 3]), "ranks[1] must be an integer, got bool", "wrong type"),
+        (dict(RANKED, ranks=[0, 1, -2, 3]), "ranks[2] is negative (-2); 0 is the best rank", "invalid value"),
+        (dict(RANKED, ranks=[1, 1, 1, 1]), "all ranks are equal: no preference to learn", "no preference"),
+    ],
+)
 def test_ranked_rejections(data, reason, kind):
     assert rejection(check_ranked, data) == (reason, kind)
 
@@ -135,22 +168,37 @@ def test_ranked_rejections(data, reason, kind):
 RATED = {"prompt": "q", "responses": ["a", "b", "c"], "scores": [1, 2, 3]}
 
 
-@pytest.mark.parametrize("data, reason, kind", [
-    ({"prompt": "q", "responses": ["a"]}, "field 'scores' is missing", "missing field"),
-    (dict(RATED, scores=[1, 2]), "2 scores for 3 responses", "count mismatch"),
-    (dict(RATED, scores={"a": 1}), "field 'scores' must be a list, got dict", "wrong type"),
-    (dict(RATED, scores=[1, float("nan"), 3]), "scores[1] is not finite", "invalid value"),
-    (dict(RATED, scores=[1, 2, -math.inf]), "scores[2] is not finite", "invalid value"),
-    (dict(RATED, scores=[1, "2", 3]), "scores[1] must be a number or an object of numbers, got str", "wrong type"),
-    (dict(RATED, scores=[1, None, 3]), "scores[1] must be a number or an object of numbers, got null", "wrong type"),
-    (dict(RATED, scores=[{"h": 1}, {"h": float("inf")}, {"h": 2}]), "scores[1].h is not finite", "invalid value"),
-    (dict(RATED, scores=[{"h": 1}, {"h": "x"}, {"h": 2}]), "scores[1].h must be a number, got str", "wrong type"),
-    (dict(RATED, scores=[{"h": 1}, {}, {"h": 2}]), "scores[1] is empty", "empty field"),
-    (dict(RATED, scores=[1, {"h": 1}, 2]), "scores[1] is an object but scores[0] is a number; all scores of a record must be of one kind", "inconsistent scores"),
-    (dict(RATED, scores=[{"h": 1}, {"h": 1, "x": 2}, {"h": 2}]), "scores[1] has keys h, x but scores[0] has h; all scores of a record must have the same keys", "inconsistent scores"),
-    (dict(RATED, responses=["a", "", "c"]), "responses[1] is empty", "empty field"),
-    (dict(RATED, responses=["a", "b", "b"]), "responses[2] duplicates responses[1]", "identical responses"),
-])
+@pytest.mark.parametrize(
+    "data, reason, kind",
+    [
+        ({"prompt": "q", "responses": ["a"]}, "field 'scores' is missing", "missing field"),
+        (dict(RATED, scores=[1, 2]), "2 scores for 3 responses", "count mismatch"),
+        (dict(RATED, scores={"a": 1}), "field 'scores' must be a list, got dict", "wrong type"),
+        (dict(RATED, scores=[1, float("nan"), 3]), "scores[1] is not finite", "invalid value"),
+        (dict(RATED, scores=[1, 2, -math.inf]), "scores[2] is not finite", "invalid value"),
+        (dict(RATED, scores=[1, "2", 3]), "scores[1] must be a number or an object of numbers, got str", "wrong type"),
+        (
+            dict(RATED, scores=[1, None, 3]),
+            "scores[1] must be a number or an object of numbers, got null",
+            "wrong type",
+        ),
+        (dict(RATED, scores=[{"h": 1}, {"h": float("inf")}, {"h": 2}]), "scores[1].h is not finite", "invalid value"),
+        (dict(RATED, scores=[{"h": 1}, {"h": "x"}, {"h": 2}]), "scores[1].h must be a number, got str", "wrong type"),
+        (dict(RATED, scores=[{"h": 1}, {}, {"h": 2}]), "scores[1] is empty", "empty field"),
+        (
+            dict(RATED, scores=[1, {"h": 1}, 2]),
+            "scores[1] is an object but scores[0] is a number; all scores of a record must be of one kind",
+            "inconsistent scores",
+        ),
+        (
+            dict(RATED, scores=[{"h": 1}, {"h": 1, "x": 2}, {"h": 2}]),
+            "scores[1] has keys h, x but scores[0] has h; all scores of a record must have the same keys",
+            "inconsistent scores",
+        ),
+        (dict(RATED, responses=["a", "", "c"]), "responses[1] is empty", "empty field"),
+        (dict(RATED, responses=["a", "b", "b"]), "responses[2] duplicates responses[1]", "identical responses"),
+    ],
+)
 def test_rated_rejections(data, reason, kind):
     assert rejection(check_rated, data) == (reason, kind)
 
@@ -158,20 +206,26 @@ def test_rated_rejections(data, reason, kind):
 def test_prompt_rejections():
     assert rejection(check_prompt, {"text": "q"}) == ("field 'prompt' is missing", "missing field")
     assert rejection(check_prompt, {"prompt": 3}) == (
-        "field 'prompt' must be a string or a list of messages, got int", "wrong type")
+        "field 'prompt' must be a string or a list of messages, got int",
+        "wrong type",
+    )
 
 
 # --- kind detection --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("data, kind", [
-    ({"prompt": "q", "chosen": "a", "rejected": "b"}, "pairwise"),
-    ({"prompt": "q", "responses": ["a", "b"], "ranks": [0, 1]}, "ranked"),
-    ({"prompt": "q", "responses": ["a"], "scores": [1]}, "rated"),
-    ({"messages": [U, A]}, "sft"),
-    ({"prompt": "q", "completion": "a"}, "sft"),
-    ({"prompt": "q"}, "prompt"),
-    ({"prompt": "q", "responses": ["a"], "scores": [1], "ranks": None}, "rated"),  # null column: absent
-])
+
+@pytest.mark.parametrize(
+    "data, kind",
+    [
+        ({"prompt": "q", "chosen": "a", "rejected": "b"}, "pairwise"),
+        ({"prompt": "q", "responses": ["a", "b"], "ranks": [0, 1]}, "ranked"),
+        ({"prompt": "q", "responses": ["a"], "scores": [1]}, "rated"),
+        ({"messages": [U, A]}, "sft"),
+        ({"prompt": "q", "completion": "a"}, "sft"),
+        ({"prompt": "q"}, "prompt"),
+        ({"prompt": "q", "responses": ["a"], "scores": [1], "ranks": None}, "rated"),  # null column: absent
+    ],
+)
 def test_detect_kind(data, kind):
     assert detect_kind(data) == kind
     assert kind in KINDS
@@ -179,31 +233,43 @@ def test_detect_kind(data, kind):
 
 def test_detect_kind_refuses_ambiguous_and_unknown_records():
     assert rejection(detect_kind, {"responses": [], "ranks": [], "scores": []}) == (
-        "record has fields of several kinds (ranked, rated); pass the kind", "ambiguous format")
+        "record has fields of several kinds (ranked, rated); pass the kind",
+        "ambiguous format",
+    )
     reason, kind = rejection(detect_kind, {"question": "q", "answer": "a"})
     assert reason.startswith("cannot tell the record kind from fields answer, question") and kind == "unknown kind"
 
 
 # --- load_kind -------------------------------------------------------------------------------
 
+
 def test_load_kind_quarantines_each_rejection_with_file_and_line(tmp_path):
-    path = write_jsonl(tmp_path / "pairs.jsonl", [
-        {"prompt": "q1", "chosen": "a", "rejected": "b"},                    # 1 ok
-        {"prompt": "q2", "chosen": "a", "rejected": "a"},                    # 2 identical
-        {"prompt": "q3", "chosen": "a", "rejected": "b", "margin": "big"},   # 3 wrong type
-        '{"prompt": "q4", "chosen": "a", "rejected": "b", "margin": NaN}',   # 4 not finite
-        {"prompt": "q5", "chosen": "a"},                                     # 5 missing
-        "not json",                                                          # 6 not valid JSON
-        {"prompt": "q1", "chosen": "a", "rejected": "b"},                    # 7 duplicate of 1
-        {"prompt": "q1", "chosen": "a", "rejected": "b", "annotator": "x"},  # 8 ok: another annotator
-    ])
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": "q1", "chosen": "a", "rejected": "b"},  # 1 ok
+            {"prompt": "q2", "chosen": "a", "rejected": "a"},  # 2 identical
+            {"prompt": "q3", "chosen": "a", "rejected": "b", "margin": "big"},  # 3 wrong type
+            '{"prompt": "q4", "chosen": "a", "rejected": "b", "margin": NaN}',  # 4 not finite
+            {"prompt": "q5", "chosen": "a"},  # 5 missing
+            "not json",  # 6 not valid JSON
+            {"prompt": "q1", "chosen": "a", "rejected": "b"},  # 7 duplicate of 1
+            {"prompt": "q1", "chosen": "a", "rejected": "b", "annotator": "x"},  # 8 ok: another annotator
+        ],
+    )
     qpath = tmp_path / "q.jsonl"
     records, report = load_kind(path, "pairwise", quarantine_path=str(qpath))
     assert [r.line for r in records] == [1, 8]
     assert (report.read, report.accepted, report.rejected) == (8, 2, 6)
     assert report.read == report.accepted + report.rejected
-    assert report.reasons == {"identical responses": 1, "wrong type": 1, "invalid value": 1,
-                              "missing field": 1, "not valid JSON": 1, "duplicate": 1}
+    assert report.reasons == {
+        "identical responses": 1,
+        "wrong type": 1,
+        "invalid value": 1,
+        "missing field": 1,
+        "not valid JSON": 1,
+        "duplicate": 1,
+    }
     entries = read_quarantine(qpath)
     assert [(e["source"], e["line"]) for e in entries] == [(path, n) for n in (2, 3, 4, 5, 6, 7)]
     by_line = {e["line"]: e for e in entries}
@@ -235,14 +301,22 @@ def test_content_key_ignores_position_but_not_annotator():
 
 def test_length_limit_counts_prompt_plus_longest_response(tmp_path):
     tokenizer = WhitespaceTokenizer()
-    record = check_ranked({"prompt": [U, A, {"role": "user", "content": "two words"}],
-                           "responses": ["one", "three words here", "x y"], "ranks": [0, 1, 2]})
+    record = check_ranked(
+        {
+            "prompt": [U, A, {"role": "user", "content": "two words"}],
+            "responses": ["one", "three words here", "x y"],
+            "ranks": [0, 1, 2],
+        }
+    )
     assert longest_tokens(record, tokenizer) == 1 + 1 + 2 + 3
-    path = write_jsonl(tmp_path / "r.jsonl", [
-        {"prompt": "a b", "responses": ["c", "d e f"], "scores": [1, 2]},   # 2 + 3 = 5: ok
-        {"prompt": "a b c", "responses": ["d", "e f g"], "scores": [1, 2]},  # 6: too long
-        {"prompt": "a b c", "responses": ["d", "e f g"], "scores": [1, 2]},  # too long again, not "duplicate"
-    ])
+    path = write_jsonl(
+        tmp_path / "r.jsonl",
+        [
+            {"prompt": "a b", "responses": ["c", "d e f"], "scores": [1, 2]},  # 2 + 3 = 5: ok
+            {"prompt": "a b c", "responses": ["d", "e f g"], "scores": [1, 2]},  # 6: too long
+            {"prompt": "a b c", "responses": ["d", "e f g"], "scores": [1, 2]},  # too long again, not "duplicate"
+        ],
+    )
     qpath = tmp_path / "q.jsonl"
     records, report = load_kind(path, "rated", quarantine_path=str(qpath), max_tokens=5, tokenizer=tokenizer)
     assert [r.line for r in records] == [1]
@@ -254,7 +328,9 @@ def test_length_limit_counts_prompt_plus_longest_response(tmp_path):
 
 def test_length_limit_for_sft_and_prompt_records(tmp_path):
     tokenizer = WhitespaceTokenizer()
-    sft = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a b", "completion": "c"}, {"prompt": "a", "completion": "b c d"}])
+    sft = write_jsonl(
+        tmp_path / "s.jsonl", [{"prompt": "a b", "completion": "c"}, {"prompt": "a", "completion": "b c d"}]
+    )
     records, report = load_kind(sft, "sft", quarantine_path=None, max_tokens=3, tokenizer=tokenizer)
     assert [r.line for r in records] == [1] and report.reasons == {"too long": 1}
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a b c"}, {"prompt": "a b c d"}])
@@ -263,12 +339,15 @@ def test_length_limit_for_sft_and_prompt_records(tmp_path):
 
 
 def test_auto_kind_follows_the_first_parsed_row(tmp_path):
-    path = write_jsonl(tmp_path / "mixed.jsonl", [
-        "{broken",
-        {"other": 1},                                            # kind cannot be told: rejected
-        {"prompt": "q", "responses": ["a", "b"], "scores": [1, 2]},
-        {"prompt": "q", "chosen": "a", "rejected": "b"},         # not rated: rejected
-    ])
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            "{broken",
+            {"other": 1},  # kind cannot be told: rejected
+            {"prompt": "q", "responses": ["a", "b"], "scores": [1, 2]},
+            {"prompt": "q", "chosen": "a", "rejected": "b"},  # not rated: rejected
+        ],
+    )
     records, report = load_kind(path, "auto", quarantine_path=str(tmp_path / "q.jsonl"))
     assert [type(r) for r in records] == [RatedRecord]
     assert report.reasons == {"not valid JSON": 1, "unknown kind": 1, "missing field": 1}
@@ -293,4 +372,7 @@ def test_strict_raises_at_the_first_rejection_and_bad_arguments_fail_early(tmp_p
 def test_load_kind_sft_matches_load_sft(tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a", "completion": "b"}, {"messages": [U, A]}])
     records, report = load_kind(path, "sft", quarantine_path=None)
-    assert [r.messages for r in records] == [({"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}), (U, A)]
+    assert [r.messages for r in records] == [
+        ({"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}),
+        (U, A),
+    ]
