@@ -1,14 +1,14 @@
 """Side-by-side throughput benchmarks against TRL, in one run on one machine.
 
-    python scripts/bench.py sft [--model builtin:tiny] [--steps 30] [--batch 8] [--max-length 256] [--repeats 3]
-    python scripts/bench.py rm  [...same options; batch = preference pairs per step]
-    python scripts/bench.py dpo [...same options] [--reference precompute|copy] [--gradient-checkpointing]
-    python scripts/bench.py import
-    python scripts/bench.py data [--records 1000000]
-    python scripts/bench.py all [--quick] [--model M] [--write docs/benchmarks.md]
+    python scripts/bench/bench.py sft [--model builtin:tiny] [--steps 30] [--batch 8] [--max-length 256] [--repeats 3]
+    python scripts/bench/bench.py rm  [...same options; batch = preference pairs per step]
+    python scripts/bench/bench.py dpo [...same options] [--reference precompute|copy] [--gradient-checkpointing]
+    python scripts/bench/bench.py import
+    python scripts/bench/bench.py data [--records 1000000]
+    python scripts/bench/bench.py all [--quick] [--model M] [--write docs/benchmarks.md]
 
 all: every comparison against TRL in one command (sft, rm, dpo with --reference precompute and
-copy, against the installed TRL; ppo against TRL 1.12 through scripts/bench_ppo.py), then ONE
+copy, against the installed TRL; ppo against TRL 1.12 through scripts/bench/bench_ppo.py), then ONE
 table of ours vs baseline throughput, tokens/s and peak-memory ratios with the settings of each
 row. Defaults are the documented ones: sft/rm/dpo with --steps/--batch/--max-length/--repeats
 (30 / 8 / 256 / 3), ppo with bench_ppo.py's defaults (--ppo-steps/--ppo-batch/--response-length
@@ -48,6 +48,8 @@ import tempfile
 import time
 import traceback
 
+from bench_common import peak_gpu, peak_rss
+
 WARMUP_STEPS = 3
 
 
@@ -55,17 +57,6 @@ def _examples(n: int) -> list[dict]:
     from preference_data.synthetic import sft_records
 
     return sft_records(n=n, seed=0, quality="mixed")
-
-
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _peak_gpu() -> int | None:
-    """Peak CUDA memory allocated by this process, or None without a GPU."""
-    import torch
-
-    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
 def _trl_version() -> str:
@@ -314,8 +305,8 @@ def _child(args) -> None:
         ("dpo", "trl"): _trl_dpo,
     }
     result = runners[(args.what, args.framework)](args)
-    result["peak_rss_bytes"] = _peak_rss()
-    result["peak_gpu_bytes"] = _peak_gpu()
+    result["peak_rss_bytes"] = peak_rss()
+    result["peak_gpu_bytes"] = peak_gpu()
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -488,7 +479,7 @@ def bench_all(args, argv: list[str]) -> int:
 
     table = bench_report.format_table(results)
     machine = bench_report.format_machine(bench_report.machine_info(), ppo_trl=bench_ppo.TRL_VERSION)
-    command = "python scripts/bench.py " + shlex.join(argv)
+    command = "python scripts/bench/bench.py " + shlex.join(argv)
     if args.quick:
         print("QUICK SMOKE RUN (few steps, 1 repeat): not for quoting")
     print(table)

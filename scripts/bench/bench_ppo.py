@@ -1,6 +1,6 @@
 """Side-by-side PPO benchmark: our PPO stage (rlhf/stages/ppo.py) against TRL 1.12.0's PPOTrainer.
 
-    python scripts/bench_ppo.py [--model builtin:tiny] [--steps 12] [--batch 16] [--response-length 24]
+    python scripts/bench/bench_ppo.py [--model builtin:tiny] [--steps 12] [--batch 16] [--response-length 24]
                                 [--epochs 4] [--mini-batches 1] [--repeats 3] [--json PATH]
 
 TRL 1.12.0 is the last TRL with PPO (``trl.experimental.ppo``); it is not the TRL installed in the
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -40,23 +39,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_common import peak_gpu, peak_rss
+
+REPO = Path(__file__).resolve().parents[2]
 TRL_VERSION = "1.12.0"
 TRL_DIR = REPO / ".cache" / f"trl-{TRL_VERSION}"
 WARMUP_STEPS = 2
 LR = 1e-5
 KL_COEF = 0.05
-
-
-def _peak_rss() -> int:
-    # Same as scripts/bench.py's helper (copied: that file is not a package and changes often).
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _peak_gpu() -> int | None:
-    import torch
-
-    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
 def _ensure_trl() -> None:
@@ -334,8 +324,8 @@ def _child(args) -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
     work = Path(args.workdir)
     result = {"prepare": _prepare, "ours": _ours, "trl": _trl}[args.framework](args, work)
-    result["peak_rss_bytes"] = _peak_rss()
-    result["peak_gpu_bytes"] = _peak_gpu()
+    result["peak_rss_bytes"] = peak_rss()
+    result["peak_gpu_bytes"] = peak_gpu()
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -376,7 +366,7 @@ def _spawn(args, framework: str, work: Path) -> dict:
 
 
 def bench(args) -> dict:
-    """Runs the comparison, prints its table and returns it (the format of scripts/bench_report.py)."""
+    """Runs the comparison, prints its table and returns it (the format of scripts/bench/bench_report.py)."""
     import bench_report
 
     if args.batch % args.mini_batches:
@@ -474,7 +464,7 @@ def bench(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; scripts/bench.py all reads its defaults from here."""
+    """The command line; scripts/bench/bench.py all reads its defaults from here."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:tiny")
     parser.add_argument("--steps", type=int, default=12, help="PPO steps per run (the first 2 are warm-up)")

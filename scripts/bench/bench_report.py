@@ -1,4 +1,4 @@
-"""The report side of ``python scripts/bench.py all``: one table from the per-stage results, the
+"""The report side of ``python scripts/bench/bench.py all``: one table from the per-stage results, the
 machine it ran on, and the marked block of docs/benchmarks.md that the table replaces.
 
 Pure formatting (no torch at import time), so the unit tests can feed it hand-made results.
@@ -173,7 +173,7 @@ def render_block(table: str, machine: str, command: str, quick: bool) -> str:
     """The whole marked block, markers included, without a trailing newline."""
     lines = [
         START,
-        "<!-- Written by `python scripts/bench.py all --write ...`; edits inside this block are overwritten. -->",
+        "<!-- Written by `python scripts/bench/bench.py all --write ...`; edits inside this block are overwritten. -->",
         "",
         "## All comparisons in one run",
         "",

@@ -1,4 +1,4 @@
-"""The pure parts of `scripts/bench.py all`: the one table and the docs block replacement.
+"""The pure parts of `scripts/bench/bench.py all`: the one table and the docs block replacement.
 
 Hand-made result dicts only; nothing here runs a benchmark.
 """
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "scripts" / "bench_report.py"
+_PATH = Path(__file__).resolve().parents[2] / "scripts" / "bench" / "bench_report.py"
 _spec = importlib.util.spec_from_file_location("bench_report", _PATH)
 report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(report)
@@ -93,7 +93,7 @@ def test_failed_comparison_is_a_row_and_quick_settings_say_one_repeat():
 
 
 def _block(body="TABLE", quick=False):
-    return report.render_block(body, "some machine", "python scripts/bench.py all", quick=quick)
+    return report.render_block(body, "some machine", "python scripts/bench/bench.py all", quick=quick)
 
 
 DOC = (
@@ -143,7 +143,7 @@ def test_quick_block_says_not_for_quoting():
     assert "do not quote" not in _block(quick=False)
     block = _block(quick=True)
     assert block.startswith(report.START) and block.endswith(report.END)
-    assert "python scripts/bench.py all" in block and "some machine" in block
+    assert "python scripts/bench/bench.py all" in block and "some machine" in block
 
 
 def test_machine_format():
