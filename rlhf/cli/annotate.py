@@ -49,11 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _seed(seed: int, k: int, start: int) -> int:
-    """The generator seed of one sample() call: distinct per (seed, k, batch start)."""
-    return ((seed * 1_000_003 + start) * 1_009 + k) % (2**63 - 1)
-
-
 def _task_problem(responses: list[str]) -> str | None:
     """Why these responses cannot make a task (load_kind would refuse them), or None."""
     first: dict[str, int] = {}
@@ -88,6 +83,7 @@ def generate(
     """
     from preference_data.validate_preferences import load_kind
     from preference_data.writers import write_jsonl
+    from rlhf.math.seeds import derive_seed
     from rlhf.models.folders import load_policy, resolve_device
     from rlhf.rollout.sampling import SamplingConfig, sample
 
@@ -114,7 +110,7 @@ def generate(
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
             for j in range(k):
-                out_batch = sample(policy, tokenizer, batch, sampling, generator_seed=_seed(seed, j, start))
+                out_batch = sample(policy, tokenizer, batch, sampling, generator_seed=derive_seed(seed, start, j))
                 for i, text in enumerate(out_batch.texts):
                     responses[start + i].append(text)
                 if bar is not None:

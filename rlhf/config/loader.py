@@ -99,7 +99,10 @@ def _build(cls: type, data: Any, prefix: str, source: str, partial: bool = False
         raise ConfigError(f"{source}: {where} expects a mapping (section {cls.__name__}), got {_show(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = get_type_hints(cls)
+    moved = getattr(cls, "MOVED_KEYS", {})
     for key in data:
+        if key in moved:
+            raise ConfigError(f"{source}: key '{_join(prefix, key)}' has moved to '{moved[key]}'")
         if key not in fields:
             raise ConfigError(f"{source}: unknown key '{_join(prefix, key)}'{_suggest(key, fields, prefix)}")
     kwargs = {}

@@ -132,12 +132,50 @@ class StageConfig:
 
     output_dir: str = param("runs/stage", "Folder for the model, checkpoints, logs and plots.")
     seed: int = param(0, "Seed for data order, initialisation and sampling.")
-    max_steps: int = param(100, "Optimizer steps (<= 0: derive from `epochs`).")
-    epochs: float = param(1.0, "Passes over the training data, used when max_steps <= 0.")
-    eval_steps: int = param(0, "Evaluate every N steps (0 = only at the end).")
+    max_steps: int = param(100, "Optimizer steps.")
     model: ModelConfig = param(default_factory=ModelConfig, doc="Model to start from.")
     optim: OptimConfig = param(default_factory=OptimConfig, doc="Optimiser.")
     batch: BatchConfig = param(default_factory=BatchConfig, doc="Batch sizes (rows, groups or pairs).")
     precision: PrecisionConfig = param(default_factory=PrecisionConfig, doc="Numerics.")
     checkpoint: CheckpointConfig = param(default_factory=CheckpointConfig, doc="Checkpoints.")
     tracking: TrackingConfig = param(default_factory=TrackingConfig, doc="Logging.")
+
+
+@dataclass(frozen=True)
+class DatasetStageConfig(StageConfig):
+    """A stage that trains on a fixed data set (SFT, RM, DPO): its length may be given in passes
+    over the data, and it evaluates on a held-out split."""
+
+    max_steps: int = param(100, "Optimizer steps (<= 0: derive from `epochs`).")
+    epochs: float = param(1.0, "Passes over the training data, used when max_steps <= 0.")
+    eval_steps: int = param(0, "Evaluate every N steps (0 = only at the end).")
+
+
+# The reference policy of PPO and DPO: one key, `reference`, with the same values in both.
+ReferenceChoice = Literal["auto", "copy", "lora_disabled", "precompute", "none"]
+REFERENCE_DOC = (
+    "The reference policy. copy: a frozen copy of the starting policy in memory; lora_disabled: the "
+    "policy with its LoRA adapters off (LoRA only, one base model in memory); precompute: the "
+    "starting policy's log-probs computed once before training (DPO only: PPO samples new "
+    "responses every step); none: no reference (reference-free DPO; DPO only); auto: "
+    "lora_disabled for LoRA, else copy (PPO) or precompute (DPO)."
+)
+_LORA = ("lora", "qlora")
+
+
+def resolve_reference(choice: str, adapt_strategy: str, *, full_default: str) -> str:
+    """``choice`` with ``auto`` made concrete: lora_disabled for LoRA, else ``full_default``."""
+    if choice != "auto":
+        return choice
+    return "lora_disabled" if adapt_strategy in _LORA else full_default
+
+
+def check_reference(choice: str, adapt_strategy: str, *, stage: str, allowed: tuple[str, ...]) -> None:
+    """Raises ValueError, naming the key, for a reference this stage or this adaptation cannot use."""
+    if choice not in allowed:
+        raise ValueError(f"reference={choice} is not available in {stage}; use one of {', '.join(allowed)}")
+    if choice == "lora_disabled" and adapt_strategy not in _LORA:
+        raise ValueError(
+            f"reference=lora_disabled needs model.adapt.strategy lora or qlora, got {adapt_strategy!r}; "
+            "use reference=copy (or auto)"
+        )

@@ -17,7 +17,7 @@ import contextlib
 import copy
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -277,6 +277,15 @@ class Backend:
         if self.world_size > 1:
             torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
         return tensor
+
+    def all_reduce_sums(self, sums: Mapping[str, float]) -> dict[str, float]:
+        """Each named value summed over processes, in one float64 all-reduce.
+
+        The stages keep what they sum over micro-batches in a dict by name (loss, tokens,
+        counts, ...) and reduce it here, instead of positions in a tensor."""
+        names = list(sums)
+        totals = self.all_reduce_sum(torch.tensor([float(sums[name]) for name in names], dtype=torch.float64))
+        return dict(zip(names, totals.tolist()))
 
     def mean_over_processes(self, value: float) -> float:
         return float(self.all_reduce_sum(value)) / self.world_size

@@ -22,7 +22,13 @@ from preference_data.records import SFTRecord
 from preference_data.splits import split_by_prompt
 from preference_data.validate_preferences import load_kind
 from rlhf.config.loader import param
-from rlhf.config.sections import StageConfig
+from rlhf.config.sections import (
+    REFERENCE_DOC,
+    DatasetStageConfig,
+    ReferenceChoice,
+    check_reference,
+    resolve_reference,
+)
 from rlhf.math.losses import dpo_loss
 from rlhf.math.ops import shift_labels, token_logprobs
 from rlhf.models.loading import apply_adaptation, count_parameters, disable_dropout, load_causal_lm, load_tokenizer
@@ -50,6 +56,8 @@ class DPODataConfig:
 class DPOLossConfig:
     """The DPO objective."""
 
+    MOVED_KEYS = {"reference": "reference"}  # top level, the same key and values as in PPO
+
     beta: float = param(0.1, "Strength of the KL constraint to the reference (inverse temperature).")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = param("sigmoid", "DPO, IPO or SLiC-style hinge.")
     label_smoothing: float = param(0.0, "sigmoid: assumed label-noise rate (conservative DPO).")
@@ -59,21 +67,29 @@ class DPOLossConfig:
         "Weight of an added NLL term on the chosen replies (per-token mean; RPO, Pang et al. 2024): "
         "keeps the chosen replies likely while DPO widens the margin.",
     )
-    reference: Literal["precompute", "copy", "lora_disabled", "none"] = param(
-        "precompute",
-        "precompute: initial policy's log-probs cached once; copy: frozen copy in memory; "
-        "lora_disabled: the policy with adapters off (LoRA only); none: reference-free.",
-    )
 
 
 @dataclass(frozen=True)
-class DPOConfig(StageConfig):
+class DPOConfig(DatasetStageConfig):
     """Direct preference optimisation of a causal LM (batch sizes count pairs)."""
 
     output_dir: str = param("runs/dpo", "Folder for the model, checkpoints, logs and plots.")
     max_steps: int = param(200, "Optimizer steps (<= 0: derive from `epochs`).")
     data: DPODataConfig = param(default_factory=DPODataConfig, doc="Data.")
     dpo: DPOLossConfig = param(default_factory=DPOLossConfig, doc="Objective.")
+    reference: ReferenceChoice = param("precompute", REFERENCE_DOC)
+
+    def __post_init__(self) -> None:
+        check_reference(
+            self.reference,
+            self.model.adapt.strategy,
+            stage="DPO",
+            allowed=("auto", "copy", "lora_disabled", "precompute", "none"),
+        )
+
+    def resolved_reference(self) -> str:
+        """``reference`` with auto made concrete: lora_disabled for LoRA, else precompute."""
+        return resolve_reference(self.reference, self.model.adapt.strategy, full_default="precompute")
 
 
 @dataclass(frozen=True)
@@ -201,14 +217,14 @@ def _reference_cache(cfg: DPOConfig, model, train, evaluation, backend, pad_id: 
 def _reference_for(pairs, split: str, cfg: DPOConfig, cache, reference_model, policy, backend, pad_id: int):
     """Reference log-probs (chosen [B], rejected [B]) for these pairs by the configured method."""
     device = backend.device
-    if cfg.dpo.reference == "precompute":
+    if cfg.resolved_reference() == "precompute":
         table = cache[split][[p.index for p in pairs]].to(device, torch.float32)
         return table[:, 0], table[:, 1]
-    if cfg.dpo.reference == "none":
+    if cfg.resolved_reference() == "none":
         zeros = torch.zeros(len(pairs), device=device)
         return zeros, zeros
     with torch.no_grad():
-        if cfg.dpo.reference == "copy":
+        if cfg.resolved_reference() == "copy":
             chosen, rejected, _, _ = _sequence_logps(reference_model, pairs, pad_id, device, cfg.dpo.length_normalize)
         else:
             with backend.unwrap(policy).disable_adapter():
@@ -229,7 +245,7 @@ def _step_loss(cfg, policy, pairs, split, cache, reference_model, backend, pad_i
         beta=cfg.dpo.beta,
         loss_type=cfg.dpo.loss_type,
         label_smoothing=cfg.dpo.label_smoothing,
-        reference_free=cfg.dpo.reference == "none",
+        reference_free=cfg.resolved_reference() == "none",
         normalizer=normalizer,
     )
     # Logged "loss" is the DPO loss alone (ln 2 at the start whatever sft_weight is).
@@ -250,17 +266,19 @@ def evaluate(cfg, policy, pairs, cache, reference_model, backend, pad_id) -> dic
         return {}
     policy.eval()
     micro = cfg.batch.micro_batch_size
-    sums = torch.zeros(1 + len(METRICS), dtype=torch.float64)
+    sums = dict.fromkeys(("loss", *METRICS), 0.0)  # each weighted by the pairs it covers
     for indices in common.eval_shards(len(pairs), backend, micro):
         chunk = [pairs[i] for i in indices]
         loss, metrics, _ = _step_loss(
             cfg, policy, chunk or pairs[:1], "eval", cache, reference_model, backend, pad_id, None
         )
         weight = len(chunk)
-        sums += torch.tensor([float(metrics["dpo_loss"]) * weight] + [float(metrics[k]) * weight for k in METRICS])
+        sums["loss"] += float(metrics["dpo_loss"]) * weight
+        for key in METRICS:
+            sums[key] += float(metrics[key]) * weight
     policy.train()
-    totals = backend.all_reduce_sum(sums).tolist()
-    return {f"eval_{k}": v / len(pairs) for k, v in zip(("loss",) + METRICS, totals)}
+    totals = backend.all_reduce_sums(sums)
+    return {f"eval_{key}": value / len(pairs) for key, value in totals.items()}
 
 
 def run(cfg: DPOConfig) -> dict:
@@ -272,8 +290,6 @@ def run(cfg: DPOConfig) -> dict:
     policy = disable_dropout(apply_adaptation(load_causal_lm(cfg.model), cfg.model.adapt))
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.dpo.reference == "lora_disabled" and cfg.model.adapt.strategy not in ("lora", "qlora"):
-        raise ValueError("dpo.reference=lora_disabled needs model.adapt.strategy=lora (or qlora)")
     trainable, total = count_parameters(policy)
     train, evaluation, report = _load_data(cfg, tokenizer, backend)
     global_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * backend.world_size
@@ -281,17 +297,17 @@ def run(cfg: DPOConfig) -> dict:
     optimizer, scheduler = build_optimizer(policy, cfg.optim, max_steps)
     policy, optimizer = backend.prepare(policy, optimizer, scheduler)
     reference_model = None
-    if cfg.dpo.reference == "copy":  # after the engine: under ZeRO-3 it gets an inference engine
+    if cfg.resolved_reference() == "copy":  # after the engine: under ZeRO-3 it gets an inference engine
         reference_model = backend.prepare_frozen(disable_dropout(load_causal_lm(cfg.model)))
     pad_id = tokenizer.pad_token_id
     cache = None
-    if cfg.dpo.reference == "precompute":  # before any update (and before resume loads weights)
+    if cfg.resolved_reference() == "precompute":  # before any update (and before resume loads weights)
         cache = _reference_cache(cfg, policy, train, evaluation, backend, pad_id)
     start_step, resume = common.resume(cfg, backend)
     tracker = common.tracker(cfg, backend, steps=max_steps, start_step=start_step, stage="dpo")
     tracker.write(report.summary())
     tracker.write(
-        f"dpo: {len(train)} training pairs, {len(evaluation)} eval pairs; reference {cfg.dpo.reference}; "
+        f"dpo: {len(train)} training pairs, {len(evaluation)} eval pairs; reference {cfg.resolved_reference()}; "
         f"{backend.world_size} process(es), {backend.distributed_type}; trainable {trainable:,} / {total:,}; "
         f"{max_steps} steps of {global_batch} pairs" + (f"; resumed at {start_step}" if resume else "")
     )
@@ -303,29 +319,30 @@ def run(cfg: DPOConfig) -> dict:
     for step in range(start_step + 1, max_steps + 1):
         step_start = time.time()
         pairs = next(batches)
-        sums = torch.zeros(2 + len(METRICS), dtype=torch.float64)  # loss, tokens, metrics
+        sums = dict.fromkeys(("loss", "tokens", *METRICS), 0.0)  # metrics weighted by the pairs they cover
         for chunk in common.micro_batches(pairs, backend, micro, cfg.batch.grad_accum):
             with backend.accumulate(policy):
                 loss, metrics, tokens = _step_loss(
                     cfg, policy, chunk, "train", cache, reference_model, backend, pad_id, normalizer=len(pairs)
                 )
                 backend.backward(loss)
-            sums += torch.tensor(
-                [float(metrics["dpo_loss"]), tokens] + [float(metrics[k]) * len(chunk) for k in METRICS]
-            )
+            sums["loss"] += float(metrics["dpo_loss"])
+            sums["tokens"] += tokens
+            for key in METRICS:
+                sums[key] += float(metrics[key]) * len(chunk)
         grad_norm = backend.optimizer_step(policy, optimizer)
         scheduler.step()
-        totals = backend.all_reduce_sum(sums).tolist()
+        totals = backend.all_reduce_sums(sums)
         elapsed = time.time() - step_start
         if step % cfg.tracking.log_every == 0 or step == max_steps or step == 1:
             tracker.log(
                 step,
                 {
-                    "loss": totals[0],
+                    "loss": totals["loss"],
                     "lr": scheduler.get_last_lr()[0],
                     "grad_norm": grad_norm,
-                    **{k: v / len(pairs) for k, v in zip(METRICS, totals[2:])},
-                    "tokens_per_s": totals[1] / max(elapsed, 1e-9),
+                    **{key: totals[key] / len(pairs) for key in METRICS},
+                    "tokens_per_s": totals["tokens"] / max(elapsed, 1e-9),
                     "step_time_s": elapsed,
                 },
             )
@@ -355,7 +372,7 @@ def run(cfg: DPOConfig) -> dict:
         "final_loss": history[-1]["loss"] if history else None,
         **last_eval,
         "model_dir": str(model_dir),
-        "reference": cfg.dpo.reference,
+        "reference": cfg.resolved_reference(),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "global_batch_pairs": global_batch,

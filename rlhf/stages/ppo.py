@@ -8,7 +8,9 @@ controller) are reduced over all processes, so the result does not depend on how
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,6 +19,7 @@ from rlhf.math.advantages import explained_variance, gae, masked_moments, moment
 from rlhf.math.kl import kl_penalty, make_kl_controller
 from rlhf.math.losses import ppo_policy_loss, ppo_value_loss
 from rlhf.math.ops import entropy_from_logits, masked_sum, token_logprobs
+from rlhf.math.seeds import derive_seed
 from rlhf.models.loading import (
     apply_adaptation,
     check_model_path,
@@ -81,7 +84,72 @@ def _save_policy(backend, model, tokenizer, folder: Path, merge: bool) -> Path:
     )
 
 
+# Sums over micro-batches and processes, by name: the update's losses and token counts, and the
+# rollout's totals (per-sample means are these over "samples").
+UPDATE_SUMS = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "clipped_tokens",
+    "vf_clipped_tokens",
+    "approx_kl_tokens",
+    "tokens",
+)
+ROLLOUT_SUMS = ("score", "kl", "kl_k3", "non_score_reward", "response_tokens", "ended", "samples")
+
+
+@dataclass
+class _Run:
+    """What setup builds and every step uses."""
+
+    cfg: PPOConfig
+    backend: Any
+    tokenizer: Any
+    model: Any  # ActorCritic, wrapped by the engine
+    optimizer: Any
+    scheduler: Any
+    reference: Any  # frozen copy, or None when the reference is the policy with adapters off
+    reference_mode: str
+    scorer: Scorer
+    kl_ctl: Any
+    tracker: Any
+    report: Any
+    batches: Any  # iterator of global prompt batches
+    sampling: SamplingConfig
+    per_process: int  # prompts each process rolls out per step
+    start_step: int
+    trainable: int
+    total: int
+    started: float
+
+
+@dataclass
+class _Rollout:
+    """One step's samples with everything the update needs, computed once without grad."""
+
+    prompts: list
+    samples: Any
+    mask: torch.Tensor  # [B, T] float, valid response tokens
+    raw_scores: torch.Tensor  # [B] before whitening (what is logged)
+    scores: torch.Tensor  # [B] as added to the rewards
+    old_logps: torch.Tensor  # [B, T]
+    old_values: torch.Tensor  # [B, T]
+    ref_logps: torch.Tensor  # [B, T]
+    seconds: float
+
+
 def run(cfg: PPOConfig) -> dict:
+    r = _setup(cfg)
+    for step in range(r.start_step + 1, cfg.max_steps + 1):
+        _step(r, step)
+        if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != cfg.max_steps:
+            _checkpoint(r, step)
+        r.tracker.advance()
+    return _save(r)
+
+
+def _setup(cfg: PPOConfig) -> _Run:
+    """Policy, reference, critic (all dropout-free), reward, prompts, optimizer, resume."""
     started = time.time()
     # Before anything is written: a folder from a stage that has not run yet is named by its key
     # (common.start checks model.name_or_path).
@@ -89,20 +157,17 @@ def run(cfg: PPOConfig) -> dict:
         if name:
             check_model_path(name, key)
     backend = common.start(cfg)
-    world, rank = backend.world_size, backend.rank
+    world = backend.world_size
     mini_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * world
     if cfg.rollout.batch_size % mini_batch:
         raise ValueError(
             f"rollout.batch_size={cfg.rollout.batch_size} must be a multiple of the mini-batch "
             f"batch.micro_batch_size x batch.grad_accum x processes = {mini_batch}"
         )
-    per_process = cfg.rollout.batch_size // world
 
-    # Setup: policy, reference, critic (all dropout-free), reward, prompts, optimizer, resume.
     tokenizer = load_tokenizer(cfg.model)
     policy = disable_dropout(load_causal_lm(cfg.model))
-    lora = cfg.model.adapt.strategy in ("lora", "qlora")
-    reference_mode = cfg.reference if cfg.reference != "auto" else ("lora_disabled" if lora else "copy")
+    reference_mode = cfg.resolved_reference()
     policy = apply_adaptation(policy, cfg.model.adapt)
     critic = load_critic(
         cfg.critic.init_from or cfg.model.name_or_path,
@@ -146,204 +211,254 @@ def run(cfg: PPOConfig) -> dict:
     sampling = SamplingConfig(
         cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_k, cfg.rollout.top_p, True
     )
-    temperature = cfg.rollout.temperature
     batches = common.global_batches(common.shuffled_stream(prompts, cfg.seed), cfg.rollout.batch_size, start_step)
-    micro = cfg.batch.micro_batch_size
-
-    for step in range(start_step + 1, cfg.max_steps + 1):
-        # Step 1: rollout. Each process samples its slice; each generation chunk has its own seed,
-        # a function of its position in the global batch, so that the samples (and the whole run)
-        # do not depend on how many processes share the batch.
-        rollout_start = time.time()
-        my_prompts = next(batches)[rank * per_process : (rank + 1) * per_process]
-        model.eval()
-        with backend.generation_model(model) as unwrapped:
-            parts = [
-                sample(
-                    unwrapped.policy,
-                    tokenizer,
-                    my_prompts[i : i + cfg.rollout.generation_batch_size],
-                    sampling,
-                    chat_template=cfg.data.chat_template,
-                    generator_seed=(cfg.seed * 1_000_003 + step) * 100_003 + rank * per_process + i,
-                )
-                for i in range(0, per_process, cfg.rollout.generation_batch_size)
-            ]
-        samples = concat_samples(parts, tokenizer.pad_token_id)
-        mask = samples.response_mask.float()
-
-        # Step 2: score, and compute log-probs / values / reference log-probs once, without grad.
-        scores = scorer.score(my_prompts, samples.texts).to(backend.device)
-        if cfg.rollout.missing_eos_score is not None:
-            scores = torch.where(samples.ended, scores, torch.full_like(scores, cfg.rollout.missing_eos_score))
-        if cfg.reward.clip is not None:
-            scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
-        raw_scores = scores
-        if cfg.reward.whiten:
-            scores = _global_whiten(scores, torch.ones_like(scores), backend)
-        old_logps, old_values, ref_logps = [], [], []
-        with torch.no_grad():
-            for i in range(0, per_process, micro):
-                chunk = samples.subset(list(range(i, min(i + micro, per_process))))
-                logits, values = forward_samples(model, chunk, temperature)
-                old_logps.append(token_logprobs(logits, chunk.response_ids) * chunk.response_mask)
-                old_values.append(values.float() * chunk.response_mask)
-                ref_logps.append(reference_logprobs(model, reference, chunk, temperature, backend.unwrap))
-        old_logps, old_values, ref_logps = torch.cat(old_logps), torch.cat(old_values), torch.cat(ref_logps)
-        rollout_s = time.time() - rollout_start
-
-        # Step 3: per-token rewards (KL penalty, score at the last real token) and advantages.
-        update_start = time.time()
-        kl_tokens = kl_penalty(old_logps, ref_logps, cfg.kl.estimator) * mask
-        non_score = torch.zeros_like(mask) if cfg.kl.in_loss else -kl_ctl.value * kl_tokens
-        last = (mask.sum(-1).long() - 1).clamp(min=0)
-        rewards = non_score.clone()
-        rewards[torch.arange(len(scores), device=rewards.device), last] += scores
-        advantages, returns = gae(rewards, old_values, mask, cfg.ppo.gamma, cfg.ppo.lam)
-        if cfg.ppo.whiten_advantages:
-            advantages = _global_whiten(advantages, mask, backend)
-
-        # Step 4: PPO epochs over shuffled mini-batches; losses divided by global token counts.
-        model.train()
-        order_rng = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + rank)
-        sums = torch.zeros(8, dtype=torch.float64)  # pg, vf, entropy, clipped, vf_clipped, approx_kl, tokens, steps
-        epochs_run = 0
-        for _epoch in range(cfg.ppo.epochs):
-            epoch_kl = torch.zeros(2, dtype=torch.float64)
-            order = torch.randperm(per_process, generator=order_rng).tolist()
-            local_mini = micro * cfg.batch.grad_accum
-            for start in range(0, per_process, local_mini):
-                rows = order[start : start + local_mini]
-                normalizer = float(backend.all_reduce_sum(mask[rows].sum()))
-                for m in range(0, local_mini, micro):
-                    idx = rows[m : m + micro]
-                    chunk = samples.subset(idx)
-                    with backend.accumulate(model):
-                        logits, values = forward_samples(model, chunk, temperature)
-                        logps = token_logprobs(logits, chunk.response_ids)
-                        pg, pg_m = ppo_policy_loss(
-                            logps, old_logps[idx], advantages[idx], mask[idx], cfg.ppo.clip_eps, normalizer=normalizer
-                        )
-                        vf, vf_m = ppo_value_loss(
-                            values.float(),
-                            old_values[idx],
-                            returns[idx],
-                            mask[idx],
-                            cfg.ppo.value_clip_eps,
-                            normalizer=normalizer,
-                        )
-                        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ppo.entropy_coef != 0):
-                            entropy = masked_sum(entropy_from_logits(logits), mask[idx]) / normalizer
-                        loss = pg + cfg.ppo.vf_coef * vf - cfg.ppo.entropy_coef * entropy
-                        if cfg.kl.in_loss:
-                            kl = masked_sum(kl_penalty(logps, ref_logps[idx], "k3"), mask[idx]) / normalizer
-                            loss = loss + kl_ctl.value * kl
-                        backend.backward(loss)
-                    tokens = float(pg_m["tokens"])
-                    sums += torch.tensor(
-                        [
-                            float(pg.detach()),
-                            float(vf.detach()),
-                            float(entropy.detach()),
-                            float(pg_m["clipped_tokens"]),
-                            float(vf_m["vf_clipped_tokens"]),
-                            float(pg_m["approx_kl"]) * tokens,
-                            tokens,
-                            0.0,
-                        ],
-                        dtype=torch.float64,
-                    )
-                    epoch_kl += torch.tensor([float(pg_m["approx_kl"]) * tokens, tokens], dtype=torch.float64)
-                backend.optimizer_step(model, optimizer)
-                scheduler.step()
-                sums[7] += 1
-            epochs_run += 1
-            epoch_kl = backend.all_reduce_sum(epoch_kl)
-            if cfg.ppo.target_kl is not None and float(epoch_kl[0] / epoch_kl[1].clamp(min=1)) > cfg.ppo.target_kl:
-                break  # every process sees the same reduced value, so all stop together
-        update_s = time.time() - update_start
-
-        # Step 5: KL controller, metrics, samples, checkpoint.
-        seq_kl = (old_logps - ref_logps).mul(mask).sum(-1)
-        seq_k3 = kl_penalty(old_logps, ref_logps, "k3").mul(mask).sum(-1)
-        stats = backend.all_reduce_sum(
-            torch.stack(
-                [
-                    raw_scores.double().sum(),
-                    seq_kl.double().sum(),
-                    seq_k3.double().sum(),
-                    non_score.sum().double(),
-                    mask.sum().double(),
-                    samples.ended.double().sum(),
-                    torch.tensor(float(per_process), dtype=torch.float64),
-                ]
-            ).cpu()
-        )
-        n = float(stats[6])
-        mean_kl = float(stats[1]) / n
-        kl_coef = kl_ctl.value
-        kl_ctl.update(mean_kl, cfg.rollout.batch_size)
-        totals = backend.all_reduce_sum(sums)
-        updates = max(float(sums[7]), 1.0)
-        ev = backend.mean_over_processes(float(explained_variance(old_values, returns, mask)))
-        metrics = {
-            "score": float(stats[0]) / n,
-            "kl": mean_kl,
-            "kl_k3": float(stats[2]) / n,
-            "non_score_reward": float(stats[3]) / n,
-            "kl_coef": kl_coef,
-            "policy_loss": float(totals[0]) / updates,
-            "value_loss": float(totals[1]) / updates,
-            "entropy": float(totals[2]) / updates,
-            "clipfrac": float(totals[3] / totals[6].clamp(min=1)),
-            "vf_clipfrac": float(totals[4] / totals[6].clamp(min=1)),
-            "approx_kl": float(totals[5] / totals[6].clamp(min=1)),
-            "explained_variance": ev,
-            "eos_rate": float(stats[5]) / n,
-            "response_length": float(stats[4]) / n,
-            "epochs_run": epochs_run,
-            "rollout_s": rollout_s,
-            "update_s": update_s,
-            "tokens_per_s": float(stats[4]) / max(rollout_s + update_s, 1e-9),
-            "lr": scheduler.get_last_lr()[0],
-        }
-        # "loss" drives the progress bar's readout: the PPO objective of the last epochs.
-        if step % cfg.tracking.log_every == 0 or step in (1, cfg.max_steps):  # step 1 is the summary's first_score
-            tracker.log(step, {"loss": metrics["policy_loss"] + cfg.ppo.vf_coef * metrics["value_loss"], **metrics})
-        if cfg.rollout.log_samples_every and (step % cfg.rollout.log_samples_every == 0 or step == 1):
-            tracker.log_samples(
-                step,
-                [
-                    {"prompt": str(p), "response": r, "score": float(s)}
-                    for p, r, s in zip(my_prompts, samples.texts, raw_scores.tolist())
-                ][: cfg.rollout.log_samples],
-            )
-        if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != cfg.max_steps:
-            save_checkpoint(
-                backend, cfg.output_dir, step, {"kl_controller": kl_ctl.state_dict()}, cfg.checkpoint.keep_last
-            )
-        tracker.advance()
-
-    # Save: last checkpoint and the policy as a save_pretrained folder.
-    save_checkpoint(
-        backend, cfg.output_dir, cfg.max_steps, {"kl_controller": kl_ctl.state_dict()}, cfg.checkpoint.keep_last
+    return _Run(
+        cfg,
+        backend,
+        tokenizer,
+        model,
+        optimizer,
+        scheduler,
+        reference,
+        reference_mode,
+        scorer,
+        kl_ctl,
+        tracker,
+        report,
+        batches,
+        sampling,
+        cfg.rollout.batch_size // world,
+        start_step,
+        trainable,
+        total,
+        started,
     )
-    model_dir = _save_policy(backend, model, tokenizer, Path(cfg.output_dir) / "model", cfg.model.adapt.merge)
-    history = [r for r in tracker.history if "score" in r]
+
+
+def _step(r: _Run, step: int) -> None:
+    """One PPO step: rollout, score, advantages, update, KL controller and metrics."""
+    cfg, backend = r.cfg, r.backend
+    # Step 1 and 2: rollout, scores, and the no-grad passes the update compares against.
+    rollout = _rollout(r, step)
+    mask = rollout.mask
+
+    # Step 3: per-token rewards (KL penalty, score at the last real token) and advantages.
+    update_start = time.time()
+    kl_tokens = kl_penalty(rollout.old_logps, rollout.ref_logps, cfg.kl.estimator) * mask
+    non_score = torch.zeros_like(mask) if cfg.kl.in_loss else -r.kl_ctl.value * kl_tokens
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    rewards = non_score.clone()
+    rewards[torch.arange(len(rollout.scores), device=rewards.device), last] += rollout.scores
+    advantages, returns = gae(rewards, rollout.old_values, mask, cfg.ppo.gamma, cfg.ppo.lam)
+    if cfg.ppo.whiten_advantages:
+        advantages = _global_whiten(advantages, mask, backend)
+
+    # Step 4: PPO epochs over shuffled mini-batches.
+    update, updates, epochs_run = _update(r, step, rollout, advantages, returns)
+    update_s = time.time() - update_start
+
+    # Step 5: KL controller, metrics, samples.
+    old_logps, ref_logps = rollout.old_logps, rollout.ref_logps
+    sums = backend.all_reduce_sums(
+        {
+            "score": float(rollout.raw_scores.double().sum()),
+            "kl": float((old_logps - ref_logps).mul(mask).sum(-1).double().sum()),
+            "kl_k3": float(kl_penalty(old_logps, ref_logps, "k3").mul(mask).sum(-1).double().sum()),
+            "non_score_reward": float(non_score.sum().double()),
+            "response_tokens": float(mask.sum().double()),
+            "ended": float(rollout.samples.ended.double().sum()),
+            "samples": float(r.per_process),
+        }
+    )
+    n = sums["samples"]
+    mean_kl = sums["kl"] / n
+    kl_coef = r.kl_ctl.value
+    r.kl_ctl.update(mean_kl, cfg.rollout.batch_size)
+    updates = max(float(updates), 1.0)  # optimizer steps, the same on every process
+    tokens = max(update["tokens"], 1.0)
+    metrics = {
+        "score": sums["score"] / n,
+        "kl": mean_kl,
+        "kl_k3": sums["kl_k3"] / n,
+        "non_score_reward": sums["non_score_reward"] / n,
+        "kl_coef": kl_coef,
+        "policy_loss": update["policy_loss"] / updates,
+        "value_loss": update["value_loss"] / updates,
+        "entropy": update["entropy"] / updates,
+        "clipfrac": update["clipped_tokens"] / tokens,
+        "vf_clipfrac": update["vf_clipped_tokens"] / tokens,
+        "approx_kl": update["approx_kl_tokens"] / tokens,
+        "explained_variance": backend.mean_over_processes(float(explained_variance(rollout.old_values, returns, mask))),
+        "eos_rate": sums["ended"] / n,
+        "response_length": sums["response_tokens"] / n,
+        "epochs_run": epochs_run,
+        "rollout_s": rollout.seconds,
+        "update_s": update_s,
+        "tokens_per_s": sums["response_tokens"] / max(rollout.seconds + update_s, 1e-9),
+        "lr": r.scheduler.get_last_lr()[0],
+    }
+    # "loss" drives the progress bar's readout: the PPO objective of the last epochs.
+    if step % cfg.tracking.log_every == 0 or step in (1, cfg.max_steps):  # step 1 is the summary's first_score
+        r.tracker.log(step, {"loss": metrics["policy_loss"] + cfg.ppo.vf_coef * metrics["value_loss"], **metrics})
+    if cfg.rollout.log_samples_every and (step % cfg.rollout.log_samples_every == 0 or step == 1):
+        rows = zip(rollout.prompts, rollout.samples.texts, rollout.raw_scores.tolist())
+        r.tracker.log_samples(
+            step, [{"prompt": str(p), "response": t, "score": float(s)} for p, t, s in rows][: cfg.rollout.log_samples]
+        )
+
+
+def _rollout(r: _Run, step: int) -> _Rollout:
+    cfg, backend, model = r.cfg, r.backend, r.model
+    start = time.time()
+    # Each process samples its slice; each generation chunk has its own seed, a function of its
+    # position in the global batch, so that the samples (and the whole run) do not depend on how
+    # many processes share the batch.
+    offset = backend.rank * r.per_process
+    prompts = next(r.batches)[offset : offset + r.per_process]
+    chunk_size = cfg.rollout.generation_batch_size
+    model.eval()
+    with backend.generation_model(model) as unwrapped:
+        parts = [
+            sample(
+                unwrapped.policy,
+                r.tokenizer,
+                prompts[i : i + chunk_size],
+                r.sampling,
+                chat_template=cfg.data.chat_template,
+                generator_seed=derive_seed(cfg.seed, step, offset + i),
+            )
+            for i in range(0, r.per_process, chunk_size)
+        ]
+    samples = concat_samples(parts, r.tokenizer.pad_token_id)
+
+    scores = r.scorer.score(prompts, samples.texts).to(backend.device)
+    if cfg.rollout.missing_eos_score is not None:
+        scores = torch.where(samples.ended, scores, torch.full_like(scores, cfg.rollout.missing_eos_score))
+    if cfg.reward.clip is not None:
+        scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
+    raw_scores = scores
+    if cfg.reward.whiten:
+        scores = _global_whiten(scores, torch.ones_like(scores), backend)
+    old_logps, old_values, ref_logps = [], [], []
+    temperature, micro = cfg.rollout.temperature, cfg.batch.micro_batch_size
+    with torch.no_grad():
+        for i in range(0, r.per_process, micro):
+            chunk = samples.subset(list(range(i, min(i + micro, r.per_process))))
+            logits, values = forward_samples(model, chunk, temperature)
+            old_logps.append(token_logprobs(logits, chunk.response_ids) * chunk.response_mask)
+            old_values.append(values.float() * chunk.response_mask)
+            ref_logps.append(reference_logprobs(model, r.reference, chunk, temperature, backend.unwrap))
+    return _Rollout(
+        prompts,
+        samples,
+        samples.response_mask.float(),
+        raw_scores,
+        scores,
+        torch.cat(old_logps),
+        torch.cat(old_values),
+        torch.cat(ref_logps),
+        time.time() - start,
+    )
+
+
+def _update(r: _Run, step: int, rollout: _Rollout, advantages, returns) -> tuple[dict[str, float], int, int]:
+    """PPO epochs over shuffled mini-batches, losses divided by global token counts.
+
+    Returns the UPDATE_SUMS reduced over processes, the number of optimizer steps, and the
+    number of epochs run (fewer than ppo.epochs when ppo.target_kl stops them).
+    """
+    cfg, backend, model = r.cfg, r.backend, r.model
+    mask, micro, temperature = rollout.mask, cfg.batch.micro_batch_size, cfg.rollout.temperature
+    model.train()
+    order_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, step, backend.rank, 1))
+    sums = dict.fromkeys(UPDATE_SUMS, 0.0)
+    local_mini = micro * cfg.batch.grad_accum
+    updates = epochs_run = 0
+    for _ in range(cfg.ppo.epochs):
+        epoch_kl = {"approx_kl_tokens": 0.0, "tokens": 0.0}
+        order = torch.randperm(r.per_process, generator=order_rng).tolist()
+        for start in range(0, r.per_process, local_mini):
+            rows = order[start : start + local_mini]
+            normalizer = float(backend.all_reduce_sum(mask[rows].sum()))
+            for m in range(0, local_mini, micro):
+                idx = rows[m : m + micro]
+                chunk = rollout.samples.subset(idx)
+                with backend.accumulate(model):
+                    logits, values = forward_samples(model, chunk, temperature)
+                    logps = token_logprobs(logits, chunk.response_ids)
+                    pg, pg_m = ppo_policy_loss(
+                        logps,
+                        rollout.old_logps[idx],
+                        advantages[idx],
+                        mask[idx],
+                        cfg.ppo.clip_eps,
+                        normalizer=normalizer,
+                    )
+                    vf, vf_m = ppo_value_loss(
+                        values.float(),
+                        rollout.old_values[idx],
+                        returns[idx],
+                        mask[idx],
+                        cfg.ppo.value_clip_eps,
+                        normalizer=normalizer,
+                    )
+                    with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ppo.entropy_coef != 0):
+                        entropy = masked_sum(entropy_from_logits(logits), mask[idx]) / normalizer
+                    loss = pg + cfg.ppo.vf_coef * vf - cfg.ppo.entropy_coef * entropy
+                    if cfg.kl.in_loss:
+                        kl = masked_sum(kl_penalty(logps, rollout.ref_logps[idx], "k3"), mask[idx]) / normalizer
+                        loss = loss + r.kl_ctl.value * kl
+                    backend.backward(loss)
+                tokens = float(pg_m["tokens"])
+                approx_kl_tokens = float(pg_m["approx_kl"]) * tokens
+                sums["policy_loss"] += float(pg.detach())
+                sums["value_loss"] += float(vf.detach())
+                sums["entropy"] += float(entropy.detach())
+                sums["clipped_tokens"] += float(pg_m["clipped_tokens"])
+                sums["vf_clipped_tokens"] += float(vf_m["vf_clipped_tokens"])
+                sums["approx_kl_tokens"] += approx_kl_tokens
+                sums["tokens"] += tokens
+                epoch_kl["approx_kl_tokens"] += approx_kl_tokens
+                epoch_kl["tokens"] += tokens
+            backend.optimizer_step(model, r.optimizer)
+            r.scheduler.step()
+            updates += 1
+        epochs_run += 1
+        epoch_kl = backend.all_reduce_sums(epoch_kl)
+        if (
+            cfg.ppo.target_kl is not None
+            and epoch_kl["approx_kl_tokens"] / max(epoch_kl["tokens"], 1.0) > cfg.ppo.target_kl
+        ):
+            break  # every process sees the same reduced value, so all stop together
+    return backend.all_reduce_sums(sums), updates, epochs_run
+
+
+def _checkpoint(r: _Run, step: int) -> None:
+    save_checkpoint(
+        r.backend, r.cfg.output_dir, step, {"kl_controller": r.kl_ctl.state_dict()}, r.cfg.checkpoint.keep_last
+    )
+
+
+def _save(r: _Run) -> dict:
+    """Last checkpoint, the policy as a save_pretrained folder, and the summary."""
+    cfg, backend = r.cfg, r.backend
+    _checkpoint(r, cfg.max_steps)
+    model_dir = _save_policy(backend, r.model, r.tokenizer, Path(cfg.output_dir) / "model", cfg.model.adapt.merge)
+    history = [row for row in r.tracker.history if "score" in row]
     summary = {
         "stage": "ppo",
         "steps": cfg.max_steps,
-        "first_score": history[0]["score"] if history and start_step == 0 else None,
+        "first_score": history[0]["score"] if history and r.start_step == 0 else None,
         "final_score": history[-1]["score"] if history else None,
         "final_kl": history[-1]["kl"] if history else None,
         "model_dir": str(model_dir),
-        "reference": reference_mode,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
+        "reference": r.reference_mode,
+        "trainable_parameters": r.trainable,
+        "total_parameters": r.total,
         "rollout_batch_size": cfg.rollout.batch_size,
-        "data": report.to_dict(),
-        **common.run_facts(backend, started),
+        "data": r.report.to_dict(),
+        **common.run_facts(backend, r.started),
     }
-    tracker.finish(summary, plot_keys=("score", "kl", "policy_loss", "value_loss", "entropy", "eos_rate"))
+    r.tracker.finish(summary, plot_keys=("score", "kl", "policy_loss", "value_loss", "entropy", "eos_rate"))
     backend.end()
     return summary

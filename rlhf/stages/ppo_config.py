@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from rlhf.config.loader import param
-from rlhf.config.sections import AdaptConfig, StageConfig
+from rlhf.config.sections import (
+    REFERENCE_DOC,
+    AdaptConfig,
+    ReferenceChoice,
+    StageConfig,
+    check_reference,
+    resolve_reference,
+)
 from rlhf.math.kl import AdaptiveKLController
 
 
@@ -102,36 +109,20 @@ class PPOConfig(StageConfig):
     the mini-batch of an optimizer step is batch.micro_batch_size x batch.grad_accum x processes."""
 
     output_dir: str = param("runs/ppo", "Folder for the model, checkpoints, logs, samples and plots.")
-    max_steps: int = param(
-        100, "PPO steps (rollout + update); must be > 0: PPO does not derive its length from `epochs`."
-    )
-    epochs: float = param(
-        1.0, "Not used by PPO: the run lasts max_steps PPO steps (the passes over each rollout batch are ppo.epochs)."
-    )
-    eval_steps: int = param(
-        0,
-        "Not used by PPO: it has no held-out evaluation; its rollout metrics (score, KL, "
-        "...) are logged every tracking.log_every steps.",
-    )
+    max_steps: int = param(100, "PPO steps (rollout + update); must be > 0.")
     data: PPODataConfig = param(default_factory=PPODataConfig, doc="Prompts.")
     rollout: RolloutConfig = param(default_factory=RolloutConfig, doc="Generation.")
     reward: RewardConfig = param(default_factory=RewardConfig, doc="Scores.")
     kl: KLConfig = param(default_factory=KLConfig, doc="KL penalty.")
     critic: CriticConfig = param(default_factory=CriticConfig, doc="Value model.")
     ppo: PPOLossConfig = param(default_factory=PPOLossConfig, doc="PPO update.")
-    reference: Literal["auto", "copy", "lora_disabled"] = param(
-        "auto",
-        "copy: frozen copy of the policy; lora_disabled: the policy with adapters off (LoRA only, one "
-        "base model in memory); auto: lora_disabled for LoRA, else copy.",
-    )
+    reference: ReferenceChoice = param("auto", REFERENCE_DOC)
 
     def __post_init__(self) -> None:
         # Combinations checked when the config is built, before a run writes anything; the
         # mini-batch check that involves the number of processes is repeated when the run starts.
         if self.max_steps <= 0:
-            raise ValueError(
-                f"max_steps must be > 0 for PPO (it does not derive its length from epochs), got {self.max_steps}"
-            )
+            raise ValueError(f"max_steps must be > 0 for PPO, got {self.max_steps}")
         for key, value in (
             ("rollout.batch_size", self.rollout.batch_size),
             ("rollout.generation_batch_size", self.rollout.generation_batch_size),
@@ -152,11 +143,9 @@ class PPOConfig(StageConfig):
                 f"rollout.temperature must be > 0 (log-probs are taken at that temperature), "
                 f"got {self.rollout.temperature}"
             )
-        if self.reference == "lora_disabled" and self.model.adapt.strategy not in ("lora", "qlora"):
-            raise ValueError(
-                f"reference=lora_disabled needs model.adapt.strategy lora or qlora, got "
-                f"{self.model.adapt.strategy!r}; use reference=copy (or auto)"
-            )
+        check_reference(
+            self.reference, self.model.adapt.strategy, stage="PPO", allowed=("auto", "copy", "lora_disabled")
+        )
         sources = ([f"reward.model={self.reward.model}"] if self.reward.model else []) + list(self.reward.functions)
         if self.reward.weights and len(self.reward.weights) != len(sources):
             raise ValueError(
@@ -164,6 +153,10 @@ class PPOConfig(StageConfig):
                 f"source(s) (reward.model first, then reward.functions: {', '.join(sources) or 'none'})"
             )
         self._check_kl()
+
+    def resolved_reference(self) -> str:
+        """``reference`` with auto made concrete: lora_disabled for LoRA, else copy."""
+        return resolve_reference(self.reference, self.model.adapt.strategy, full_default="copy")
 
     def _check_kl(self) -> None:
         kl = self.kl

@@ -22,7 +22,7 @@ from reward_models import losses, metrics
 from reward_models.batching import Group, TooLong, collate_groups, grouped_rewards, make_group
 from reward_models.model import load_reward_model, save_reward_model
 from rlhf.config.loader import param
-from rlhf.config.sections import StageConfig
+from rlhf.config.sections import DatasetStageConfig
 from rlhf.models.loading import count_parameters, load_tokenizer
 from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.runtime.optim import build_optimizer
@@ -64,7 +64,7 @@ class NormalizeConfig:
 
 
 @dataclass(frozen=True)
-class RMConfig(StageConfig):
+class RMConfig(DatasetStageConfig):
     """Reward model from preference data (batch sizes count prompts / groups)."""
 
     output_dir: str = param("runs/rm", "Folder for the model, checkpoints, logs and plots.")
@@ -228,7 +228,7 @@ def run(cfg: RMConfig) -> dict:
         # The counts each loss is averaged over, for the whole global batch.
         count = sum(g.size for g in groups) if objective == "regression" else len(groups)
         responses = sum(g.size for g in groups)
-        sums = torch.zeros(3, dtype=torch.float64)  # loss, correct pairs, pairs
+        sums = {"loss": 0.0, "correct_pairs": 0.0, "pairs": 0.0}
         for chunk in common.micro_batches(groups, backend, micro, cfg.batch.grad_accum):
             batch = collate_groups(chunk, pad_id)
             batch = {k: v.to(backend.device) for k, v in batch.items()}
@@ -241,20 +241,23 @@ def run(cfg: RMConfig) -> dict:
                     loss = loss + center
                 backend.backward(loss)
             pairs = float(info.get("num_pairs", 0))
-            sums += torch.tensor([float(loss.detach()), float(info.get("accuracy", 0.0)) * pairs, pairs])
+            sums["loss"] += float(loss.detach())
+            sums["correct_pairs"] += float(info.get("accuracy", 0.0)) * pairs
+            sums["pairs"] += pairs
         grad_norm = backend.optimizer_step(model, optimizer)
         scheduler.step()
-        total_loss, correct, pairs = backend.all_reduce_sum(sums).tolist()
+        totals = backend.all_reduce_sums(sums)
+        pairs = totals["pairs"]
         if step % cfg.tracking.log_every == 0 or step == max_steps:
             row = {
-                "loss": total_loss,
+                "loss": totals["loss"],
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,
                 "sequences_per_s": responses / max(time.time() - step_start, 1e-9),
                 "step_time_s": time.time() - step_start,
             }
             if pairs:
-                row["train_accuracy"] = correct / pairs
+                row["train_accuracy"] = totals["correct_pairs"] / pairs
             tracker.log(step, row)
         if cfg.eval_steps and step % cfg.eval_steps == 0 and step != max_steps:
             result, _ = evaluate(model, eval_groups, backend, micro, pad_id)

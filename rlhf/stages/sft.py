@@ -20,7 +20,7 @@ from preference_data.sampling import mixture_stream
 from preference_data.splits import split_by_prompt
 from preference_data.validate import load_sft
 from rlhf.config.loader import param
-from rlhf.config.sections import StageConfig
+from rlhf.config.sections import DatasetStageConfig
 from rlhf.math.losses import sft_loss
 from rlhf.models.loading import apply_adaptation, count_parameters, load_causal_lm, load_tokenizer
 from rlhf.runtime.backend import Backend
@@ -53,7 +53,7 @@ class SFTDataConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig(StageConfig):
+class SFTConfig(DatasetStageConfig):
     """Supervised fine-tuning of a causal LM on prompt/completion or chat records."""
 
     output_dir: str = param("runs/sft", "Folder for the model, checkpoints, logs and plots.")

@@ -46,7 +46,7 @@ def test_first_loss_is_ln2_and_preferences_are_learned(tmp_path):
 def test_reference_modes_agree_with_precompute(tmp_path, reference):
     extra = ["max_steps=3", "model.adapt.strategy=lora", "model.adapt.lora_r=4"]
     base, _ = dpo(tmp_path, "precompute", *extra)
-    other, _ = dpo(tmp_path, reference, *extra, f"dpo.reference={reference}")
+    other, _ = dpo(tmp_path, reference, *extra, f"reference={reference}")
     assert other["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert other["final_loss"] == pytest.approx(base["final_loss"], rel=1e-4)
     assert other["eval_loss"] == pytest.approx(base["eval_loss"], rel=1e-4)

@@ -31,10 +31,8 @@ def test_defaults_and_shipped_ppo_configs_pass_the_checks():
 
 
 def test_max_steps_must_be_positive_for_ppo():
-    assert "max_steps must be > 0 for PPO (it does not derive its length from epochs), got 0" in ppo_error(
-        "max_steps=0"
-    )
-    assert "got -1" in ppo_error("max_steps=-1", "epochs=2")
+    assert "max_steps must be > 0 for PPO, got 0" in ppo_error("max_steps=0")
+    assert "got -1" in ppo_error("max_steps=-1")
 
 
 def test_rollout_batch_must_be_a_multiple_of_the_mini_batch():
@@ -105,10 +103,31 @@ def test_tracking_log_every_must_be_positive():
     assert "section 'tracking': log_every must be >= 1, got 0" in ppo_error("tracking.log_every=0")
 
 
-def test_ppo_says_which_inherited_keys_it_does_not_use():
-    docs = {f.name: f.metadata["doc"] for f in dataclasses.fields(PPOConfig)}
-    assert docs["epochs"].startswith("Not used by PPO") and docs["eval_steps"].startswith("Not used by PPO")
-    assert "does not derive its length from `epochs`" in docs["max_steps"]
+def test_ppo_has_no_keys_it_does_not_use():
+    names = {f.name for f in dataclasses.fields(PPOConfig)}
+    assert not names & {"epochs", "eval_steps"}
+    assert "unknown key 'epochs'" in ppo_error("epochs=2")
+    assert "unknown key 'eval_steps'" in ppo_error("eval_steps=5")
+
+
+def test_reference_is_one_key_with_the_same_values_in_ppo_and_dpo():
+    from rlhf.stages.dpo import DPOConfig
+
+    ppo_field = next(f for f in dataclasses.fields(PPOConfig) if f.name == "reference")
+    dpo_field = next(f for f in dataclasses.fields(DPOConfig) if f.name == "reference")
+    assert ppo_field.type == dpo_field.type and ppo_field.metadata["doc"] == dpo_field.metadata["doc"]
+    assert "reference=precompute is not available in PPO" in ppo_error("reference=precompute")
+    assert "reference=none is not available in PPO" in ppo_error("reference=none")
+    lora = ["model.adapt.strategy=lora"]
+    assert load_config(PPOConfig, None, lora).resolved_reference() == "lora_disabled"
+    assert load_config(PPOConfig, None).resolved_reference() == "copy"
+    assert load_config(DPOConfig, None, ["reference=auto", *lora]).resolved_reference() == "lora_disabled"
+    assert load_config(DPOConfig, None, ["reference=auto"]).resolved_reference() == "precompute"
+    assert load_config(DPOConfig, None).resolved_reference() == "precompute"
+    with pytest.raises(ConfigError, match="reference=lora_disabled needs model.adapt.strategy lora or qlora"):
+        load_config(DPOConfig, None, ["reference=lora_disabled"])
+    with pytest.raises(ConfigError, match="key 'dpo.reference' has moved to 'reference'"):
+        load_config(DPOConfig, None, ["dpo.reference=copy"])
 
 
 def test_run_name_doc_matches_the_tracker_default(tmp_path, monkeypatch):
