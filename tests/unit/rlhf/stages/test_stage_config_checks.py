@@ -15,7 +15,7 @@ from rlhf.config.sections import TrackingConfig
 from rlhf.runtime.tracking import Tracker
 from rlhf.stages.ppo_config import PPOConfig
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def ppo_error(*overrides: str) -> str:

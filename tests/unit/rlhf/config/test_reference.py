@@ -14,7 +14,7 @@ from rlhf.cli.reference import DEFAULT_OUT, PAGES, main
 from rlhf.config.loader import param
 from rlhf.config.reference import HEADER, _load, reference_markdown, render_pages, stale_files, write_reference
 
-REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference"
+REFERENCE = Path(__file__).resolve().parents[4] / "docs" / "reference"
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 
 
