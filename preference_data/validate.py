@@ -1,4 +1,4 @@
-"""The one place that decides what a valid record is (DESIGN rule 5).
+"""The one place that decides what a valid record is (rule 5 of docs/design.md).
 
 A rejected record is never silently dropped: it is counted in a `ValidationReport` under a
 reason *kind* (for the summary), and written with its detailed reason, source file and line to

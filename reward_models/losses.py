@@ -4,7 +4,7 @@ Every loss reduces the same way: by default the mean over this call's items (pai
 targets); with ``normalizer`` the *sum* over this call's items divided by the number of such
 items in the whole global batch (all micro-batches of the optimizer step, all processes), so that
 adding up the per-micro-batch losses gives the global mean whatever the split (rule 6 of
-DESIGN.md). Rewards are upcast to float32 (bf16 log-sigmoids of small margins lose most digits).
+docs/design.md). Rewards are upcast to float32 (bf16 log-sigmoids of small margins lose most digits).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ PIPELINE_SHORT = [
 
 
 def launch_command(config_file: str | None, num_processes: int, port: int) -> list[str]:
-    """`accelerate launch` arguments that really give N CPU processes (see DESIGN.md)."""
+    """`accelerate launch` arguments that really give N CPU processes (see docs/distributed.md)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if config_file is None:
         cmd += [

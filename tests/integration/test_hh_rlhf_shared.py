@@ -8,7 +8,7 @@ import pytest
 from preference_data.records import PairwiseRecord
 from preference_data.validate_preferences import load_kind
 
-# Next to the project checkout, never inside it (DESIGN.md, "Data that exists here").
+# Next to the project checkout, never inside it: the test skips when it is absent.
 HH_TEST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 

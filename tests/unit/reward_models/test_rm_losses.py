@@ -15,7 +15,7 @@ def approx(x):
 
 
 def six(x):
-    """A value quoted to 6 decimals (DESIGN.md's table, hand arithmetic)."""
+    """A value quoted to 6 decimals (hand arithmetic)."""
     return pytest.approx(x, abs=5e-7)
 
 
@@ -29,9 +29,9 @@ def bt(d):
 
 def test_pairwise_bradley_terry_reference_numbers():
     loss, _ = pairwise_loss(torch.tensor([1.5]), torch.tensor([0.5]))
-    assert loss.item() == six(0.313262)  # DESIGN.md: r_c - r_r = 1
+    assert loss.item() == six(0.313262)  # by hand: r_c - r_r = 1
     loss, _ = pairwise_loss(torch.tensor([1.5]), torch.tensor([0.5]), margin=0.5)
-    assert loss.item() == six(0.474077)  # DESIGN.md: r_c - r_r = 1, margin 0.5
+    assert loss.item() == six(0.474077)  # by hand: r_c - r_r = 1, margin 0.5
     loss, _ = pairwise_loss(torch.tensor([1.5]), torch.tensor([0.5]), torch.tensor([0.5]))
     assert loss.item() == six(0.474077)
 
@@ -112,7 +112,7 @@ def test_pairwise_matches_trl_reward_trainer_compute_loss(with_margin):
 
 def test_kwise_reference_number_k4():
     loss, metrics = kwise_loss(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), torch.tensor([[0, 1, 2, 3]]))
-    assert loss.item() == six(0.207038)  # DESIGN.md: mean over the 6 pairs
+    assert loss.item() == six(0.207038)  # by hand: mean over the 6 pairs
     assert loss.item() == approx((3 * bt(1) + 2 * bt(2) + bt(3)) / 6)
     assert metrics["num_pairs"].item() == 6
     assert metrics["num_prompts"].item() == 1

@@ -21,7 +21,7 @@ def pair(chosen_logratio, rejected_logratio, policy=(-10.0, -12.0)):
     return pc, pr, pc - chosen_logratio, pr - rejected_logratio
 
 
-# ---------- hand-computed values (DESIGN.md table and friends) ----------
+# ---------- hand-computed values ----------
 
 
 def test_policy_equals_reference_gives_ln2():

@@ -32,7 +32,7 @@ def ragged_mask(lengths, T):
     return torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
 
 
-# ---------- clipped surrogate: DESIGN.md table, one token each ----------
+# ---------- clipped surrogate: hand-computed, one token each ----------
 
 
 @pytest.mark.parametrize(
