@@ -24,9 +24,9 @@ get the same model, examples, batch size, sequence limit, precision, optimizer a
 train on completion tokens only with the chat template applied.
 
 dpo: batch = preference pairs per optimizer step, sigmoid loss, beta 0.1, dropout off on both
-sides (each framework's default). --reference precompute compares our dpo.reference=precompute
+sides (each framework's default). --reference precompute compares our reference=precompute
 with TRL's precompute_ref_log_probs=True; --reference copy compares our frozen copy
-(dpo.reference=copy) with TRL's default (ref_model=None: TRL loads a frozen copy and runs it on
+(reference=copy) with TRL's default (ref_model=None: TRL loads a frozen copy and runs it on
 every step). The reference precompute happens before the first step on both sides and is not
 timed. Tokens per step are the chosen + rejected reply tokens (what our metrics count); the
 prompt, fed twice, is not counted on either side.
@@ -235,7 +235,7 @@ def _ours_dpo(args) -> dict:
         "dpo.loss_type=sigmoid",
         "dpo.beta=0.1",
         "dpo.sft_weight=0",
-        f"dpo.reference={args.reference}",
+        f"reference={args.reference}",
         "data.chat_template=true",
         f"model.gradient_checkpointing={'true' if args.gradient_checkpointing else 'false'}",
     ]
@@ -365,7 +365,7 @@ def bench_training(args) -> dict:
             else "frozen copy on the fly (TRL default)"
         )
         setting = (
-            f", reference: ours dpo.reference={args.reference} vs TRL {trl_reference}"
+            f", reference: ours reference={args.reference} vs TRL {trl_reference}"
             f", tokens = chosen + rejected reply tokens"
         )
     if args.gradient_checkpointing:
@@ -566,8 +566,8 @@ def main() -> None:
         "--reference",
         choices=["precompute", "copy"],
         default="precompute",
-        help="dpo: ours dpo.reference=precompute vs TRL precompute_ref_log_probs=True, or "
-        "ours dpo.reference=copy vs TRL's default frozen copy run on every step",
+        help="dpo: ours reference=precompute vs TRL precompute_ref_log_probs=True, or "
+        "ours reference=copy vs TRL's default frozen copy run on every step",
     )
     parser.add_argument(
         "--gradient-checkpointing",

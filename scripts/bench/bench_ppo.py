@@ -143,7 +143,6 @@ def _ours(args, work: Path) -> dict:
             "output_dir": str(out),
             "seed": 0,
             "max_steps": args.steps,
-            "eval_steps": 0,
             "model": {"name_or_path": args.model, "dtype": "float32", "gradient_checkpointing": False},
             "data": {"prompts": [str(work / "prompts.jsonl")], "chat_template": True},
             "rollout": {
