@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from preference_data.validate_preferences import load_kind
-from rlhf.math.advantages import explained_variance, gae, masked_moments, moments_to_stats, whiten
+from rlhf.math.advantages import explained_variance, gae
 from rlhf.math.kl import kl_penalty, make_kl_controller
 from rlhf.math.losses import ppo_policy_loss, ppo_value_loss
 from rlhf.math.ops import entropy_from_logits, masked_sum, token_logprobs
@@ -29,50 +28,16 @@ from rlhf.models.loading import (
     load_tokenizer,
     save_model,
 )
-from rlhf.rollout.actor_critic import ActorCritic, forward_samples, load_critic, reference_logprobs
+from rlhf.rollout.actor_critic import ActorCritic, forward_samples, load_critic
 from rlhf.rollout.rewards import Scorer
-from rlhf.rollout.sampling import SamplingConfig, concat_samples, render_prompt, sample
+from rlhf.rollout.sampling import SamplingConfig
 from rlhf.runtime.checkpoint import read_checkpoint_state, save_checkpoint
 from rlhf.runtime.optim import build_optimizer
 from rlhf.stages import common
 from rlhf.stages.ppo_config import PPOConfig
+from rlhf.stages.ppo_rollout import Rollout, global_whiten, load_prompts, sample_and_score
 
 __all__ = ["PPOConfig", "run"]
-
-
-def _load_prompts(cfg: PPOConfig, tokenizer, backend) -> tuple[list, object]:
-    quarantine = str(Path(cfg.output_dir) / "quarantine.jsonl") if backend.is_main else None
-    records, report = load_kind(
-        list(cfg.data.prompts),
-        "prompt",
-        field_map=cfg.data.field_map or None,
-        quarantine_path=quarantine,
-        strict=cfg.data.strict,
-        adapter=cfg.data.adapter,
-    )
-    prompts = []
-    for record in records:
-        length = len(
-            tokenizer(render_prompt(tokenizer, record.prompt, cfg.data.chat_template), add_special_tokens=False)[
-                "input_ids"
-            ]
-        )
-        if length > cfg.data.max_prompt_length:
-            report.reject_accepted(
-                record, f"prompt is {length} tokens, longer than data.max_prompt_length={cfg.data.max_prompt_length}"
-            )
-        else:
-            prompts.append(record.prompt)
-    report.quarantine.close()
-    if not prompts:
-        raise ValueError(f"no prompt left\n{report.summary()}")
-    return prompts, report
-
-
-def _global_whiten(values, mask, backend):
-    """``whiten`` with the mean and variance over the valid entries of every process's batch."""
-    moments = backend.all_reduce_sum(masked_moments(values, mask))
-    return whiten(values, mask, stats=moments_to_stats(moments))
 
 
 def _save_policy(backend, model, tokenizer, folder: Path, merge: bool) -> Path:
@@ -84,8 +49,7 @@ def _save_policy(backend, model, tokenizer, folder: Path, merge: bool) -> Path:
     )
 
 
-# Sums over micro-batches and processes, by name: the update's losses and token counts, and the
-# rollout's totals (per-sample means are these over "samples").
+# The update's sums over micro-batches and processes, by name: losses and token counts.
 UPDATE_SUMS = (
     "policy_loss",
     "value_loss",
@@ -95,7 +59,6 @@ UPDATE_SUMS = (
     "approx_kl_tokens",
     "tokens",
 )
-ROLLOUT_SUMS = ("score", "kl", "kl_k3", "non_score_reward", "response_tokens", "ended", "samples")
 
 
 @dataclass
@@ -121,21 +84,6 @@ class _Run:
     trainable: int
     total: int
     started: float
-
-
-@dataclass
-class _Rollout:
-    """One step's samples with everything the update needs, computed once without grad."""
-
-    prompts: list
-    samples: Any
-    mask: torch.Tensor  # [B, T] float, valid response tokens
-    raw_scores: torch.Tensor  # [B] before whitening (what is logged)
-    scores: torch.Tensor  # [B] as added to the rewards
-    old_logps: torch.Tensor  # [B, T]
-    old_values: torch.Tensor  # [B, T]
-    ref_logps: torch.Tensor  # [B, T]
-    seconds: float
 
 
 def run(cfg: PPOConfig) -> dict:
@@ -179,7 +127,7 @@ def _setup(cfg: PPOConfig) -> _Run:
     model = ActorCritic(policy, critic)
     trainable, total = count_parameters(model)
 
-    prompts, report = _load_prompts(cfg, tokenizer, backend)
+    prompts, report = load_prompts(cfg, tokenizer, backend)
     updates_per_step = cfg.ppo.epochs * (cfg.rollout.batch_size // mini_batch)
     lr_groups = {"critic.": cfg.critic.lr} if cfg.critic.lr is not None else None
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.max_steps * updates_per_step, lr_groups)
@@ -239,7 +187,7 @@ def _step(r: _Run, step: int) -> None:
     """One PPO step: rollout, score, advantages, update, KL controller and metrics."""
     cfg, backend = r.cfg, r.backend
     # Step 1 and 2: rollout, scores, and the no-grad passes the update compares against.
-    rollout = _rollout(r, step)
+    rollout = sample_and_score(r, step)
     mask = rollout.mask
 
     # Step 3: per-token rewards (KL penalty, score at the last real token) and advantages.
@@ -251,7 +199,7 @@ def _step(r: _Run, step: int) -> None:
     rewards[torch.arange(len(rollout.scores), device=rewards.device), last] += rollout.scores
     advantages, returns = gae(rewards, rollout.old_values, mask, cfg.ppo.gamma, cfg.ppo.lam)
     if cfg.ppo.whiten_advantages:
-        advantages = _global_whiten(advantages, mask, backend)
+        advantages = global_whiten(advantages, mask, backend)
 
     # Step 4: PPO epochs over shuffled mini-batches.
     update, updates, epochs_run = _update(r, step, rollout, advantages, returns)
@@ -307,61 +255,7 @@ def _step(r: _Run, step: int) -> None:
         )
 
 
-def _rollout(r: _Run, step: int) -> _Rollout:
-    cfg, backend, model = r.cfg, r.backend, r.model
-    start = time.time()
-    # Each process samples its slice; each generation chunk has its own seed, a function of its
-    # position in the global batch, so that the samples (and the whole run) do not depend on how
-    # many processes share the batch.
-    offset = backend.rank * r.per_process
-    prompts = next(r.batches)[offset : offset + r.per_process]
-    chunk_size = cfg.rollout.generation_batch_size
-    model.eval()
-    with backend.generation_model(model) as unwrapped:
-        parts = [
-            sample(
-                unwrapped.policy,
-                r.tokenizer,
-                prompts[i : i + chunk_size],
-                r.sampling,
-                chat_template=cfg.data.chat_template,
-                generator_seed=derive_seed(cfg.seed, step, offset + i),
-            )
-            for i in range(0, r.per_process, chunk_size)
-        ]
-    samples = concat_samples(parts, r.tokenizer.pad_token_id)
-
-    scores = r.scorer.score(prompts, samples.texts).to(backend.device)
-    if cfg.rollout.missing_eos_score is not None:
-        scores = torch.where(samples.ended, scores, torch.full_like(scores, cfg.rollout.missing_eos_score))
-    if cfg.reward.clip is not None:
-        scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
-    raw_scores = scores
-    if cfg.reward.whiten:
-        scores = _global_whiten(scores, torch.ones_like(scores), backend)
-    old_logps, old_values, ref_logps = [], [], []
-    temperature, micro = cfg.rollout.temperature, cfg.batch.micro_batch_size
-    with torch.no_grad():
-        for i in range(0, r.per_process, micro):
-            chunk = samples.subset(list(range(i, min(i + micro, r.per_process))))
-            logits, values = forward_samples(model, chunk, temperature)
-            old_logps.append(token_logprobs(logits, chunk.response_ids) * chunk.response_mask)
-            old_values.append(values.float() * chunk.response_mask)
-            ref_logps.append(reference_logprobs(model, r.reference, chunk, temperature, backend.unwrap))
-    return _Rollout(
-        prompts,
-        samples,
-        samples.response_mask.float(),
-        raw_scores,
-        scores,
-        torch.cat(old_logps),
-        torch.cat(old_values),
-        torch.cat(ref_logps),
-        time.time() - start,
-    )
-
-
-def _update(r: _Run, step: int, rollout: _Rollout, advantages, returns) -> tuple[dict[str, float], int, int]:
+def _update(r: _Run, step: int, rollout: Rollout, advantages, returns) -> tuple[dict[str, float], int, int]:
     """PPO epochs over shuffled mini-batches, losses divided by global token counts.
 
     Returns the UPDATE_SUMS reduced over processes, the number of optimizer steps, and the
