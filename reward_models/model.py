@@ -26,13 +26,8 @@ import torch
 from torch import nn
 
 from rlhf.config.sections import ModelConfig
-from rlhf.models.loading import (
-    apply_adaptation,
-    check_model_path,
-    merged_copy,
-    quantization_config_for,
-    resolve_model_path,
-)
+from rlhf.models.adapt import apply_adaptation, quantization_config_for
+from rlhf.models.loading import check_model_path, merged_copy, resolve_model_path
 from rlhf.runtime.placement import full_parameters, local_device_map
 
 logger = logging.getLogger(__name__)

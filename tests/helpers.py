@@ -139,3 +139,25 @@ def plain_response_logprobs(model, samples, temperature: float) -> list:
         logps = torch.log_softmax(logits / temperature, dim=-1)
         out.append(torch.stack([logps[len(prompt) - 1 + j, tok] for j, tok in enumerate(response.tolist())]))
     return out
+
+
+def tiny_untied_llama():
+    """A 3-block Llama (vocab 50, hidden 16, grouped-query attention, untied head) from a config."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config)

@@ -196,7 +196,7 @@ def load_policy(path: str, device: torch.device):
     """(policy, tokenizer) for sampling and scoring: a run folder, model folder, LoRA adapter or
     builtin: name, in float32, dropout off, with the pad token set up as training had it."""
     from rlhf.config.sections import ModelConfig
-    from rlhf.models.loading import disable_dropout
+    from rlhf.models.adapt import disable_dropout
     from rlhf.models.loading import load_tokenizer as load_training_tokenizer
 
     source = find_model(path)  # ModelFolderError (a ValueError) names the path

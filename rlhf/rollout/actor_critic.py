@@ -57,7 +57,7 @@ def load_critic(name_or_path: str, adapt, *, pad_token_id: int, vocab_size: int,
     new scalar head; it must read the policy's tokens, so it must share the policy's vocabulary."""
     from reward_models.model import load_reward_model
     from rlhf.config.sections import ModelConfig
-    from rlhf.models.loading import disable_dropout
+    from rlhf.models.adapt import disable_dropout
 
     critic = load_reward_model(
         ModelConfig(name_or_path=name_or_path, adapt=adapt, gradient_checkpointing=gradient_checkpointing),

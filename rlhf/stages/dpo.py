@@ -31,7 +31,8 @@ from rlhf.config.sections import (
 )
 from rlhf.math.losses import dpo_loss
 from rlhf.math.ops import shift_labels, token_logprobs
-from rlhf.models.loading import apply_adaptation, count_parameters, disable_dropout, load_causal_lm, load_tokenizer
+from rlhf.models.adapt import apply_adaptation, count_parameters, disable_dropout
+from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.runtime.optim import build_optimizer
 from rlhf.stages import common

@@ -19,15 +19,8 @@ from rlhf.math.kl import kl_penalty, make_kl_controller
 from rlhf.math.losses import ppo_policy_loss, ppo_value_loss
 from rlhf.math.ops import entropy_from_logits, masked_sum, token_logprobs
 from rlhf.math.seeds import derive_seed
-from rlhf.models.loading import (
-    apply_adaptation,
-    check_model_path,
-    count_parameters,
-    disable_dropout,
-    load_causal_lm,
-    load_tokenizer,
-    save_model,
-)
+from rlhf.models.adapt import apply_adaptation, count_parameters, disable_dropout
+from rlhf.models.loading import check_model_path, load_causal_lm, load_tokenizer, save_model
 from rlhf.rollout.actor_critic import ActorCritic, forward_samples, load_critic
 from rlhf.rollout.rewards import Scorer
 from rlhf.rollout.sampling import SamplingConfig

@@ -23,7 +23,8 @@ from reward_models.batching import Group, TooLong, collate_groups, grouped_rewar
 from reward_models.model import load_reward_model, save_reward_model
 from rlhf.config.loader import param
 from rlhf.config.sections import DatasetStageConfig
-from rlhf.models.loading import count_parameters, load_tokenizer
+from rlhf.models.adapt import count_parameters
+from rlhf.models.loading import load_tokenizer
 from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.runtime.optim import build_optimizer
 from rlhf.runtime.tracking import plot_histogram

@@ -22,7 +22,8 @@ from preference_data.validate import load_sft
 from rlhf.config.loader import param
 from rlhf.config.sections import DatasetStageConfig
 from rlhf.math.losses import sft_loss
-from rlhf.models.loading import apply_adaptation, count_parameters, load_causal_lm, load_tokenizer
+from rlhf.models.adapt import apply_adaptation, count_parameters
+from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.runtime.backend import Backend
 from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.runtime.optim import build_optimizer

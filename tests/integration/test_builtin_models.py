@@ -12,14 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf.config.sections import AdaptConfig, ModelConfig
 from rlhf.models import builtin as builtin_models
-from rlhf.models.loading import (
-    apply_adaptation,
-    count_parameters,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_model_path,
-    save_model,
-)
+from rlhf.models.adapt import apply_adaptation, count_parameters
+from rlhf.models.loading import load_causal_lm, load_tokenizer, resolve_model_path, save_model
 
 
 @pytest.fixture(scope="module")

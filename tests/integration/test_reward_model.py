@@ -26,7 +26,7 @@ from reward_models.normalization import (
 )
 from reward_models.scorer import RewardModel
 from rlhf.config.sections import AdaptConfig, ModelConfig
-from rlhf.models.loading import count_parameters
+from rlhf.models.adapt import count_parameters
 
 PROMPTS = ["What is the capital of France?", "Describe the white cat, please.", "Count to three."]
 RESPONSES = ["The capital of France is Paris.", "It is soft and calm.", "1 2 3"]
