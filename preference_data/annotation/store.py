@@ -23,10 +23,9 @@ import sqlite3
 import threading
 from datetime import datetime, timezone
 
+from preference_data.annotation.tasks import AnnotationError, check_task, content_digest, jsonable_prompt
 from preference_data.readers import type_name
 from preference_data.records import RankedRecord
-from preference_data.validate import Rejected
-from preference_data.validate_preferences import _prompt, _responses
 
 SCHEMA_VERSION = 1
 MAX_COMMENT = 2000
@@ -66,51 +65,12 @@ CREATE INDEX judgements_task ON judgements(task_id);
 """
 
 
-class AnnotationError(ValueError):
-    """A user-facing error; `status` is 400 (bad input), 404 (unknown task) or 409 (conflict)."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def _digest(prompt, responses) -> str:
-    text = json.dumps([prompt, list(responses)], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _jsonable_prompt(prompt):
-    return prompt if isinstance(prompt, str) else [dict(m) for m in prompt]
-
-
-def check_task(data: object, where: str) -> tuple[str, object, tuple[str, ...]]:
-    """(id, prompt, responses) of one task line; AnnotationError(400) naming `where` (file:line)."""
-    expected = 'expected {"id"?: str, "prompt": str, "responses": [str, str, ...]}'
-    try:
-        if not isinstance(data, dict):
-            raise Rejected(f"expected a JSON object, got {type_name(data)}")
-        for name in ("prompt", "responses"):
-            if name not in data:
-                raise Rejected(f"field '{name}' is missing")
-        unknown = sorted(set(data) - {"id", "prompt", "responses"})
-        if unknown:
-            raise Rejected(f"unknown field(s) {', '.join(map(repr, unknown))}")
-        task_id = data.get("id", None)
-        if task_id is not None and (not isinstance(task_id, str) or not task_id.strip()):
-            raise Rejected(f"field 'id' must be a non-empty string, got {type_name(task_id)}")
-        prompt = _prompt(data["prompt"])
-        responses = _responses(data, minimum=2)
-    except Rejected as err:
-        raise AnnotationError(f"{where}: {err}; {expected}", 400) from None
-    return task_id, prompt, responses
 
 
 class AnnotationStore:
@@ -225,8 +185,8 @@ class AnnotationStore:
                 ) from None
             task_id, prompt, responses = check_task(data, where)
             task_id = task_id if task_id is not None else f"{name}:{number}"
-            prompt = _jsonable_prompt(prompt)
-            digest = _digest(prompt, responses)
+            prompt = jsonable_prompt(prompt)
+            digest = content_digest(prompt, responses)
             if task_id in seen:
                 if seen[task_id][0] != digest:
                     raise AnnotationError(
