@@ -3,7 +3,8 @@
 An adapter takes one source row (a dict) and returns the fields of one record kind, or raises
 `Rejected` when the row does not fit the format; `load_kind(..., adapter=NAME)` quarantines
 those rows like any other rejection. Adapters only reshape: the checker still decides what is
-valid (empty turns, identical responses, non-finite scores ...).
+valid (empty turns, identical responses, non-finite scores ...). Ratings that are averaged
+into one score are checked as numbers first, since a mean can hide an out-of-range rating.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 
 from preference_data.readers import type_name
 from preference_data.records import ASSISTANT, SYSTEM, USER, message
-from preference_data.validate import Rejected
+from preference_data.validate import Rejected, finite_float32
 
 
 def _object(row: object) -> dict:
@@ -94,12 +95,16 @@ def _rating(value: object, label: str) -> float | None:
     if isinstance(value, bool):
         raise Rejected(f"{label} must be a number or a numeric string, got bool")
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return finite_float32(float(value), label)
+        except OverflowError:  # an integer beyond float range
+            raise Rejected(f"{label} is not finite") from None
     if isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise Rejected(f"{label} {value!r} is not a number") from None
+        return finite_float32(number, label)
     raise Rejected(f"{label} must be a number or a numeric string, got {type_name(value)}")
 
 

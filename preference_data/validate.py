@@ -12,6 +12,7 @@ pairwise, ranked, rated) and the generic `load_kind` are in `validate_preference
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -57,6 +58,7 @@ _KINDS = (
     ("no numeric rating", "missing score"),
     ("only text parts", "unsupported content"),
     ("not finite", "invalid value"),
+    ("float32 range", "invalid value"),
     ("is negative", "invalid value"),
     ("is not a number", "invalid value"),
     ("conversation", "bad conversation"),
@@ -81,6 +83,21 @@ def where(source: str, line: int) -> str:
 
 
 # --- SFT -------------------------------------------------------------------------------------
+
+
+# The largest finite float32, torch.finfo(torch.float32).max (the standard library spells it
+# exactly). Margins and scores become float32 tensors in training, where a larger one is inf.
+FLOAT32_MAX = float.fromhex("0x1.fffffep+127")
+
+
+def finite_float32(number: float, label: str) -> float:
+    """``number`` when it is finite and within float32's range; Rejected naming ``label`` if not."""
+    if not math.isfinite(number):
+        raise Rejected(f"{label} is not finite")
+    # Also catches values just above the max that float32 rounds to inf (from max + half a step).
+    if abs(number) > FLOAT32_MAX:
+        raise Rejected(f"{label} is {number!r}, beyond the float32 range (magnitude at most {FLOAT32_MAX!r})")
+    return number
 
 
 def _text(value: object, label: str, expected: str) -> str:

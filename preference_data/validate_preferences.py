@@ -26,7 +26,16 @@ from preference_data.records import (
     RatedRecord,
     SFTRecord,
 )
-from preference_data.validate import Rejected, ValidationReport, _messages, _text, check_sft, load_records, where
+from preference_data.validate import (
+    Rejected,
+    ValidationReport,
+    _messages,
+    _text,
+    check_sft,
+    finite_float32,
+    load_records,
+    where,
+)
 
 
 def _require(data: object, *names: str) -> dict:
@@ -80,9 +89,7 @@ def _number(value: object, label: str) -> float:
         number = float(value)
     except OverflowError:  # an integer beyond float range
         number = math.inf
-    if not math.isfinite(number):
-        raise Rejected(f"{label} is not finite")
-    return number
+    return finite_float32(number, label)
 
 
 def _optional_string(data: dict, name: str) -> str | None:

@@ -196,6 +196,23 @@ def test_ultrafeedback_rejections(row, reason, kind):
     assert rejection(ultrafeedback, row) == (reason, kind)
 
 
+def test_ultrafeedback_ratings_beyond_float32_are_rejected_before_they_are_averaged():
+    limit = "beyond the float32 range (magnitude at most 3.4028234663852886e+38)"
+    # The mean of the two ratings is 0, which the checker would take.
+    cancelling = {"instruction": "q", "completions": [annotated("a", honesty="1e39", helpfulness=-1e39)]}
+    assert rejection(ultrafeedback, cancelling) == (
+        f"completions[0].annotations.honesty.Rating is 1e+39, {limit}",
+        "invalid value",
+    )
+    overall = {"instruction": "q", "completions": [{"response": "a", "overall_score": "-1e39"}]}
+    assert rejection(ultrafeedback, overall) == (f"completions[0].overall_score is -1e+39, {limit}", "invalid value")
+    not_finite = {"instruction": "q", "completions": [annotated("a", honesty="inf", helpfulness="4")]}
+    assert rejection(ultrafeedback, not_finite) == (
+        "completions[0].annotations.honesty.Rating is not finite",
+        "invalid value",
+    )
+
+
 def test_ultrafeedback_attribute_rejection_and_checker_rejections(tmp_path):
     no_shared = {"instruction": "q", "completions": [annotated("a", honesty="5"), annotated("b", helpfulness="3")]}
     assert rejection(ADAPTERS["ultrafeedback-attributes"][0], no_shared)[1] == "missing score"

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from preference_data.records import PairwiseRecord, PromptRecord, RankedRecord, RatedRecord
@@ -201,6 +202,72 @@ RATED = {"prompt": "q", "responses": ["a", "b", "c"], "scores": [1, 2, 3]}
 )
 def test_rated_rejections(data, reason, kind):
     assert rejection(check_rated, data) == (reason, kind)
+
+
+# --- float32 range ---------------------------------------------------------------------------
+
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, exactly
+# The float32 max plus half its last step (2**104): the smallest float64 that float32 rounds to inf.
+ROUNDS_TO_INF = FLOAT32_MAX + 2.0**103
+JUST_ABOVE = math.nextafter(FLOAT32_MAX, math.inf)  # float32 rounds it down to the max
+
+
+def beyond_float32(label, value):
+    return f"{label} is {value!r}, beyond the float32 range (magnitude at most 3.4028234663852886e+38)"
+
+
+def test_the_float32_edge_values_are_what_they_claim():
+    with np.errstate(over="ignore"):
+        assert np.float32(FLOAT32_MAX) == np.finfo(np.float32).max
+        assert np.isinf(np.float32(ROUNDS_TO_INF)) and np.isinf(np.float32(1e39))
+        assert np.float32(math.nextafter(ROUNDS_TO_INF, 0)) == np.finfo(np.float32).max
+        assert np.float32(JUST_ABOVE) == np.finfo(np.float32).max
+    assert math.isfinite(ROUNDS_TO_INF) and JUST_ABOVE > FLOAT32_MAX
+
+
+@pytest.mark.parametrize("value", [1e39, -1e39, 10**39, ROUNDS_TO_INF, -ROUNDS_TO_INF, JUST_ABOVE])
+def test_margins_and_scores_beyond_float32_are_rejected(value):
+    number = float(value)
+    assert rejection(check_pairwise, dict(PAIR, margin=value)) == (
+        beyond_float32("field 'margin'", number),
+        "invalid value",
+    )
+    assert rejection(check_rated, dict(RATED, scores=[1, value, 3])) == (
+        beyond_float32("scores[1]", number),
+        "invalid value",
+    )
+    attributes = [{"h": 1}, {"h": 2}, {"h": value}]
+    assert rejection(check_rated, dict(RATED, scores=attributes)) == (
+        beyond_float32("scores[2].h", number),
+        "invalid value",
+    )
+
+
+def test_the_float32_extremes_themselves_are_accepted():
+    assert check_pairwise(dict(PAIR, margin=FLOAT32_MAX)).margin == FLOAT32_MAX
+    assert check_pairwise(dict(PAIR, margin=-FLOAT32_MAX)).margin == -FLOAT32_MAX
+    assert check_rated(dict(RATED, scores=[-FLOAT32_MAX, 0, FLOAT32_MAX])).scores == (-FLOAT32_MAX, 0.0, FLOAT32_MAX)
+
+
+def test_values_beyond_float32_are_quarantined_with_file_and_line_or_stop_strict(tmp_path):
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            dict(PAIR, margin=1.5),
+            '{"prompt": "q", "chosen": "c", "rejected": "d", "margin": 1e39}',
+            dict(PAIR, chosen="e", margin=-FLOAT32_MAX),
+        ],
+    )
+    qpath = tmp_path / "q.jsonl"
+    records, report = load_kind(path, "pairwise", quarantine_path=str(qpath))
+    assert [(r.line, r.margin) for r in records] == [(1, 1.5), (3, -FLOAT32_MAX)]
+    assert (report.read, report.accepted, report.rejected) == (3, 2, 1) and report.reasons == {"invalid value": 1}
+    assert [(e["source"], e["line"], e["reason"]) for e in read_quarantine(qpath)] == [
+        (path, 2, beyond_float32("field 'margin'", 1e39))
+    ]
+    with pytest.raises(DataError) as caught:
+        load_kind(path, "pairwise", quarantine_path=None, strict=True)
+    assert str(caught.value) == f"{path}:2: " + beyond_float32("field 'margin'", 1e39)
 
 
 def test_prompt_rejections():
