@@ -1,13 +1,16 @@
 """`rlhf chat`: talk to a model folder in the terminal, one line per user turn.
 
     rlhf chat runs/sft-tiny [--system "Be brief."] [--max-new-tokens 128] [--temperature 0.7]
+                            [--trust-remote-code]
 
 The model path is resolved as for ``rlhf export`` (:mod:`rlhf.models.folders`): run folder, model
 folder, merged folder or adapter. User turns are read from stdin, a terminal or a pipe; the
 conversation is rendered with the tokenizer's chat template and each reply printed on stdout as
 ``assistant> ...``. ``/reset`` starts a new conversation (the system message stays); ``/exit``,
 end of input or Ctrl-C ends. Generation goes through :func:`rlhf.rollout.sampling.sample`, on CUDA when
-available. Exit 2 on bad arguments.
+available. A model or tokenizer with custom code (``auto_map`` in its config) is loaded only with
+``--trust-remote-code``; without it that is an error, and transformers is never left to ask on stdin.
+Exit 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 
 import torch
 
-from rlhf.models.folders import ModelFolderError, find_model, first_line, load_model, stored_dtype
+from rlhf.models.folders import ModelFolderError, custom_code, find_model, first_line, load_model, stored_dtype
 from rlhf.rollout.sampling import SamplingConfig, render_prompt, sample
 
 PROMPT, REPLY = "you> ", "assistant> "
@@ -33,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
     parser.add_argument("--seed", type=int, help="seed for reproducible replies (default: unseeded)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run custom model / tokenizer code found in the model folder (auto_map); off by default",
+    )
     return parser
 
 
@@ -45,8 +53,9 @@ def _check(parser: argparse.ArgumentParser, args) -> None:
         parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
 
 
-def load_chat_model(path: str, device: torch.device):
-    """(model, tokenizer) of ``path`` on ``device``: float32 on CPU, the stored dtype on CUDA."""
+def load_chat_model(path: str, device: torch.device, *, trust_remote_code: bool = False):
+    """(model, tokenizer) of ``path`` on ``device``: float32 on CPU, the stored dtype on CUDA.
+    ModelFolderError when the folders hold custom code and ``trust_remote_code`` is off."""
     from rlhf.config.sections import ModelConfig
     from rlhf.models.loading import load_tokenizer
 
@@ -56,10 +65,16 @@ def load_chat_model(path: str, device: torch.device):
             f"{source.folder} is a reward model (scalar head, no text generation); "
             "expected a causal LM folder to chat with"
         )
+    found = custom_code(source)
+    if found and not trust_remote_code:
+        raise ModelFolderError(
+            f"{found[0]} names custom code, which rlhf chat runs only with --trust-remote-code "
+            "(pass it if you trust the .py files of that folder)"
+        )
     dtype = stored_dtype(source) if device.type == "cuda" else torch.float32
-    model = load_model(source, dtype, merge=source.kind == "lora").to(device)
+    model = load_model(source, dtype, merge=source.kind == "lora", trust_remote_code=trust_remote_code).to(device)
     # rlhf's tokenizer loader gives a pad token distinct from EOS, which sample() relies on.
-    tokenizer = load_tokenizer(ModelConfig(name_or_path=source.tokenizer))
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=source.tokenizer, trust_remote_code=trust_remote_code))
     return model, tokenizer
 
 
@@ -139,9 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     _check(parser, args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model, tokenizer = load_chat_model(args.model, device)
+        model, tokenizer = load_chat_model(args.model, device, trust_remote_code=args.trust_remote_code)
     except (ValueError, OSError) as err:
-        print(f"rlhf chat: {first_line(err)}", file=sys.stderr)
+        message = first_line(err)
+        if "trust_remote_code" in str(err) and not args.trust_remote_code:
+            # Custom code that is not in a local folder (a Hub base model): transformers refuses it.
+            message += " (rlhf chat runs custom code only with --trust-remote-code)"
+        print(f"rlhf chat: {message}", file=sys.stderr)
         return 2
     limit = context_limit(model, tokenizer)
     if limit is not None and args.max_new_tokens >= limit:

@@ -186,8 +186,10 @@ def _build_smollm2(target: Path) -> None:
 
     gguf = smollm2_gguf_path()
     folder, name = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
+    )
 
     # The GGUF loader dequantises to float32 but leaves a GGUF quantization_config behind, which
     # makes save_pretrained / from_pretrained treat the plain weights as quantised. A fresh model

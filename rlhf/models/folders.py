@@ -141,15 +141,36 @@ def stored_dtype(source: ModelSource) -> torch.dtype:
     return DTYPES.get(config.get("dtype") or config.get("torch_dtype"), torch.float32)
 
 
-def load_model(source: ModelSource, dtype: torch.dtype, *, merge: bool = True):
+def custom_code(source: ModelSource) -> list[str]:
+    """``file (auto_map {...})`` for each local config of ``source`` (model folder, tokenizer
+    folder, base folder) whose ``auto_map`` names code to import; empty when there is none."""
+    folders = {source.folder, Path(source.tokenizer)} | ({Path(source.base)} if source.base else set())
+    found = []
+    for folder in sorted(folders):
+        for name in ("config.json", "tokenizer_config.json"):
+            try:
+                auto_map = json.loads((folder / name).read_text()).get("auto_map")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                continue  # not local, absent or unreadable: transformers reports what it cannot load
+            if auto_map:
+                found.append(f"{folder / name} (auto_map {auto_map})")
+    return found
+
+
+def load_model(source: ModelSource, dtype: torch.dtype, *, merge: bool = True, trust_remote_code: bool = False):
     """The model of ``source`` in ``dtype`` (eval mode): a LoRA adapter merged with peft's
-    ``merge_and_unload``, or, for a prompt adapter when ``merge`` is off, the ``PeftModel``."""
+    ``merge_and_unload``, or, for a prompt adapter when ``merge`` is off, the ``PeftModel``.
+    Custom code in the folders runs only with ``trust_remote_code`` (always passed as a bool, so
+    that transformers never asks on stdin)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    trust = {"trust_remote_code": bool(trust_remote_code)}
     if source.kind == "reward_model":
-        return AutoModelForSequenceClassification.from_pretrained(source.folder, num_labels=1, dtype=dtype).eval()
+        return AutoModelForSequenceClassification.from_pretrained(
+            source.folder, num_labels=1, dtype=dtype, **trust
+        ).eval()
     if source.kind == "causal_lm":
-        return AutoModelForCausalLM.from_pretrained(source.folder, dtype=dtype).eval()
+        return AutoModelForCausalLM.from_pretrained(source.folder, dtype=dtype, **trust).eval()
     if source.kind == "prompt_adapter" and merge:
         raise ModelFolderError(
             f"{source.folder} is a prompt-learning (prefix / prompt tuning) adapter, "
@@ -158,18 +179,18 @@ def load_model(source: ModelSource, dtype: torch.dtype, *, merge: bool = True):
     from peft import PeftModel
 
     # Merged in float32 and cast afterwards, so that the low-rank update is not rounded twice.
-    base = AutoModelForCausalLM.from_pretrained(source.base, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(source.base, dtype=torch.float32, **trust)
     model = PeftModel.from_pretrained(base, source.folder)
     if source.kind == "lora":
         model = model.merge_and_unload()
     return model.to(dtype).eval()
 
 
-def load_tokenizer(source: ModelSource):
+def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
     """The tokenizer saved with the model, as saved (pad token and chat template untouched)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source.tokenizer)
+    return AutoTokenizer.from_pretrained(source.tokenizer, trust_remote_code=bool(trust_remote_code))
 
 
 def first_line(err: BaseException) -> str:

@@ -129,8 +129,8 @@ def _trl(args) -> dict:
     from rlhf.models.loading import resolve_model_path
 
     path = resolve_model_path(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32", trust_remote_code=False)
     data = Dataset.from_list(
         [
             {
@@ -216,8 +216,10 @@ def _trl_rm(args) -> dict:
     from rlhf.models.loading import resolve_model_path
 
     path = resolve_model_path(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype="float32", trust_remote_code=False
+    )
     model.config.pad_token_id = tokenizer.pad_token_id
     data = _trl_pairs(args.examples)
     times: list[float] = []
@@ -252,8 +254,8 @@ def _trl_dpo(args) -> dict:
     from rlhf.models.loading import resolve_model_path
 
     path = resolve_model_path(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32", trust_remote_code=False)
     data = _trl_pairs(args.examples)
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:

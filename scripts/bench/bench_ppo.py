@@ -90,8 +90,10 @@ def _prepare(args, work: Path) -> dict:
             handle.write(json.dumps({"prompt": prompt}) + "\n")
     path = resolve_model_path(args.model)
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    reward = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    reward = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=torch.float32, trust_remote_code=False
+    )
     if tokenizer.pad_token_id is not None:
         reward.config.pad_token_id = tokenizer.pad_token_id
     reward.save_pretrained(work / "reward")
@@ -213,11 +215,13 @@ def _trl(args, work: Path) -> dict:
             ]
         }
     )
-    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False)
     policy.generation_config.pad_token_id = tokenizer.pad_token_id  # finished rows are padded, not EOS-filled
-    value_model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    value_model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=torch.float32, trust_remote_code=False
+    )
     reward_model = AutoModelForSequenceClassification.from_pretrained(
-        work / "reward", num_labels=1, dtype=torch.float32
+        work / "reward", num_labels=1, dtype=torch.float32, trust_remote_code=False
     )
 
     # Timing hooks. TRL's train loop calls no on_step_begin, only on_step_end (once per PPO step);

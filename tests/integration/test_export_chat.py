@@ -267,3 +267,58 @@ def test_chat_bad_input_exits_2(tmp_path, monkeypatch, capsys, lora_run):
     assert exit_info.value.code == 2
     assert chat_cli.main([str(lora_run), "--max-new-tokens", "100000"]) == 2
     assert "positions" in capsys.readouterr().err
+
+
+CUSTOM_CODE = """
+from pathlib import Path
+
+Path({marker!r}).write_text("custom code ran")
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class MarkerConfig(LlamaConfig):
+    model_type = "marker_lm"
+
+
+class MarkerForCausalLM(LlamaForCausalLM):
+    config_class = MarkerConfig
+"""
+
+
+@pytest.fixture
+def custom_code_model(tiny_model_path, tmp_path, monkeypatch):
+    """builtin:tiny's weights behind a config whose auto_map points at marker.py in the folder;
+    importing marker.py writes the returned marker file."""
+    import transformers.dynamic_module_utils as dynamic_modules
+
+    # transformers copies custom code to its modules cache and imports it from there.
+    monkeypatch.setattr(dynamic_modules, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder, marker = tmp_path / "custom_lm", tmp_path / "marker.txt"
+    shutil.copytree(tiny_model_path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(
+        model_type="marker_lm",
+        architectures=["MarkerForCausalLM"],
+        auto_map={"AutoConfig": "marker.MarkerConfig", "AutoModelForCausalLM": "marker.MarkerForCausalLM"},
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "marker.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
+    return folder, marker
+
+
+def test_chat_runs_custom_code_only_with_the_flag(custom_code_model, tiny_model_path, monkeypatch, capsys):
+    folder, marker = custom_code_model
+    # "y" on stdin is the answer transformers' own prompt would take; nothing may ask for it.
+    rc, replies, captured = run_chat(monkeypatch, capsys, folder, "y\n")
+    assert not marker.exists()
+    assert rc == 2 and replies == [] and "Traceback" not in captured.err
+    assert "--trust-remote-code" in captured.err and str(folder / "config.json") in captured.err
+
+    text = "Tell me about the red fox.\n"
+    rc, replies, _ = run_chat(monkeypatch, capsys, folder, text, "--trust-remote-code")
+    assert rc == 0 and marker.read_text() == "custom code ran"
+    # The custom class is a Llama subclass over the same weights: the same greedy reply.
+    rc_plain, plain, _ = run_chat(monkeypatch, capsys, tiny_model_path, text)
+    assert rc_plain == 0 and len(replies) == 1 and replies == plain
