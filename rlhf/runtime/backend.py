@@ -18,6 +18,7 @@ import copy
 import os
 import random
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,6 +133,8 @@ class Backend:
         )
         acc = self.accelerator
         self._deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+        self.trained: tuple[Any, Any, Any] | None = None
+        self._at_end: list[Any] = []
         if _deepspeed_requested() and not self._deepspeed:
             raise LaunchError(
                 "DeepSpeed was requested by the launcher but accelerate set up "
@@ -173,6 +176,10 @@ class Backend:
         return self.accelerator.distributed_type.value
 
     @property
+    def uses_deepspeed(self) -> bool:
+        return self._deepspeed
+
+    @property
     def mixed_precision(self) -> str:
         return self.accelerator.mixed_precision
 
@@ -187,8 +194,7 @@ class Backend:
         """Wraps model and optimizer for the engine. The scheduler is stepped by the stage
         (once per optimizer step) and is only registered here for checkpointing."""
         model, optimizer = self.accelerator.prepare(model, optimizer)
-        if scheduler is not None:
-            self.accelerator.register_for_checkpointing(scheduler)
+        self.trained = (model, optimizer, scheduler)  # what a checkpoint saves and restores
         seed_everything(self.seed + self.rank)
         return model, optimizer
 
@@ -240,6 +246,13 @@ class Backend:
         with self.accelerator.accumulate(model), self.accelerator.autocast():
             yield
 
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """The mixed precision that ``prepare``'d models run their forward passes under, for a
+        frozen copy (``prepare_frozen``) that must compute exactly what the policy computes."""
+        with self.accelerator.autocast():
+            yield
+
     @property
     def sync_gradients(self) -> bool:
         """True inside the context of the last micro-batch of an optimizer step."""
@@ -250,23 +263,63 @@ class Backend:
         self.accelerator.backward(loss * (self.grad_accum * self.world_size))
 
     def optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
-        """Clips the global grad norm, steps and zeroes; returns the pre-clip grad norm.
+        """Clips the global grad norm, steps and zeroes; returns the pre-clip grad norm (NaN if unknown).
 
         Call after the backward of the last micro-batch. Under DeepSpeed the engine has already
         clipped and stepped inside that backward; only the norm is read here.
         """
+        norm = self.clip_gradients(model)
+        self.apply_step(optimizer)
+        return float("nan") if norm is None else norm
+
+    def clip_gradients(self, model: torch.nn.Module) -> float | None:
+        """Clips the global grad norm to ``max_grad_norm`` (0: no clipping) and returns the norm
+        before clipping, the same on every process; None when the engine does not report it.
+
+        Call after the backward of the last micro-batch, then :meth:`apply_step` or :meth:`skip_step`.
+        Under DeepSpeed the engine has already clipped and stepped; only its norm is read.
+        """
         if self._deepspeed:
             norm = self.accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
-            return float(norm) if norm is not None else float("nan")
+            return None if norm is None else float(norm)
         if self.max_grad_norm > 0:
             norm = self.accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
         else:
+            self.accelerator.unscale_gradients()  # the norm of the gradients, not of the fp16-scaled ones
             norm = torch.sqrt(
                 sum((p.grad.detach().float() ** 2).sum() for p in model.parameters() if p.grad is not None)
             )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+    def apply_step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Steps and zeroes the gradients; False when a loss scaler skipped the update (fp16
+        gradients that overflowed; the scaler then lowers its scale)."""
+        optimizer.step()
+        skipped = bool(getattr(optimizer, "step_was_skipped", False))
+        optimizer.zero_grad(set_to_none=True)
+        return not skipped
+
+    @property
+    def can_skip_steps(self) -> bool:
+        """Whether :meth:`skip_step` can drop a step: not under DeepSpeed, whose engine has
+        already stepped inside the backward pass by the time the step can be judged."""
+        return not self._deepspeed
+
+    @property
+    def loss_scaling(self) -> bool:
+        """fp16 with a dynamic loss scaler, which skips updates with overflowing gradients itself."""
+        return self.mixed_precision == "fp16" and (self._deepspeed or self.accelerator.scaler is not None)
+
+    def skip_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drops this step's gradients: the parameters and the optimizer state stay as they are."""
+        if not self.can_skip_steps:
+            raise RuntimeError("skip_step under DeepSpeed: the engine has already applied the step")
+        optimizer.zero_grad(set_to_none=True)
+        if self.accelerator.scaler is not None:
+            # The scaler must finish the step it unscaled (or the next unscale fails); with no
+            # gradients left the optimizer updates nothing, its state included.
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     # ----------------------------------------------------------- collectives
     def barrier(self) -> None:
@@ -286,6 +339,30 @@ class Backend:
         names = list(sums)
         totals = self.all_reduce_sum(torch.tensor([float(sums[name]) for name in names], dtype=torch.float64))
         return dict(zip(names, totals.tolist()))
+
+    def nonfinite_names(self, values: Mapping[str, float | torch.Tensor | None]) -> list[str]:
+        """The names in ``values`` that are NaN or infinite on any process, in their order and
+        the same on every process (one all-reduce of a flag per name; every process passes the
+        same names). A tensor counts if any entry does; None (not known) counts as finite."""
+        flags = {
+            name: 0.0 if value is None or bool(torch.isfinite(torch.as_tensor(value)).all()) else 1.0
+            for name, value in values.items()
+        }
+        return [name for name, seen in self.all_reduce_sums(flags).items() if seen > 0]
+
+    def all_finite(self, values: Mapping[str, float | torch.Tensor | None]) -> bool:
+        """Whether every process saw only finite ``values`` (see :meth:`nonfinite_names`)."""
+        return not self.nonfinite_names(values)
+
+    def parameters_finite(self, model: torch.nn.Module) -> bool:
+        """Whether every parameter of ``model`` is finite on every process (under ZeRO-3: every
+        process's shard). All processes call it."""
+        bad = torch.zeros((), dtype=torch.float64, device=self.device)
+        for p in model.parameters():
+            local = getattr(p, "ds_tensor", p)  # ZeRO-3 keeps the real values in the shard
+            if local.numel():
+                bad = bad + (~torch.isfinite(local.detach())).sum().to(bad)
+        return float(self.all_reduce_sum(bad)) == 0
 
     def mean_over_processes(self, value: float) -> float:
         return float(self.all_reduce_sum(value)) / self.world_size
@@ -310,16 +387,31 @@ class Backend:
         return self.accelerator.get_state_dict(model)
 
     def save_state(self, folder: str) -> None:
-        """Model, optimizer, registered scheduler and every process's RNG (all ranks call)."""
-        self.accelerator.save_state(folder, safe_serialization=True)
+        """Model, optimizer, scheduler and every process's RNG, without pickle (all ranks call)."""
+        from rlhf.runtime.training_state import save_training_state
+
+        if self.trained is None:
+            raise RuntimeError("save_state before prepare(): nothing to save")
+        save_training_state(self, Path(folder))
 
     def load_state(self, folder: str) -> None:
-        self.accelerator.load_state(folder)
+        """Restores what :meth:`save_state` wrote; a damaged or foreign file raises StateFileError."""
+        from rlhf.runtime.training_state import load_training_state
+
+        if self.trained is None:
+            raise RuntimeError("load_state before prepare(): nothing to restore into")
+        load_training_state(self, Path(folder))
+
+    def at_end(self, callback) -> None:
+        """Calls ``callback()`` in :meth:`end` (e.g. to release the output folder's lock)."""
+        self._at_end.append(callback)
 
     def end(self) -> None:
         # Every process reaches the end before the process group is torn down: a process that
         # destroys it while another still uses it (the main one writing summaries) can abort.
         self.barrier()
+        for callback in self._at_end:
+            callback()
         self.accelerator.free_memory()  # drop the references to models, optimizers and engines
         from accelerate.state import AcceleratorState, GradientState
 

@@ -1,9 +1,15 @@
-"""Atomic checkpoints: a checkpoint folder exists under its final name only once it is complete.
+"""Atomic, verified checkpoints: a checkpoint folder exists under its final name only once it is complete.
 
-Layout: ``<output_dir>/checkpoints/step-00000040/`` holding the backend state (model, optimizer,
-scheduler, RNG of every process) and ``trainer_state.json`` (step, data position, extra state).
-It is written into ``.tmp-step-...`` and renamed when every process has finished writing, so a
-crash while saving leaves only a temporary folder that resume ignores.
+Layout: ``<output_dir>/checkpoints/step-00000040/`` holding the training state (see
+:mod:`rlhf.runtime.training_state`: weights, optimizer, scheduler, RNG of every process, all
+safetensors or JSON) and ``trainer_state.json`` (step, data position, extra state, the config the
+run trained with, and a manifest of every file with its size). It is written into
+``.tmp-step-...``, every file and the folder are fsynced, and it is renamed when every process has
+finished writing, so a crash while saving leaves only a temporary folder that resume ignores.
+
+Resume checks a checkpoint before loading it: the state file must parse, be of this format, and
+every file in the manifest must be there with its size and a readable header. ``latest`` falls
+back to the newest intact checkpoint, with a warning naming what was damaged.
 """
 
 from __future__ import annotations
@@ -12,11 +18,19 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+from rlhf.runtime.safe_state import StateFileError, fsync_path, write_bytes_durably
+
 STATE_FILE = "trainer_state.json"
+FORMAT = 2  # 1: accelerate's save_state (pickled RNG / scheduler), never loaded
 _NAME = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint can be resumed as asked (message names the folders and files)."""
 
 
 def checkpoints_root(output_dir: str | os.PathLike) -> Path:
@@ -24,7 +38,7 @@ def checkpoints_root(output_dir: str | os.PathLike) -> Path:
 
 
 def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints (renamed into place), oldest first; not yet checked for damage."""
     root = checkpoints_root(output_dir)
     if not root.is_dir():
         return []
@@ -32,25 +46,119 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
+def read_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The trainer state saved with a checkpoint (step, data position, controllers, config, ...)."""
+    state_file = Path(path) / STATE_FILE
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise StateFileError(state_file, "is missing") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StateFileError(state_file, f"is empty or damaged ({err})") from err
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise StateFileError(state_file, "holds no step number")
+    return state
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The trainer state of an intact checkpoint; raises StateFileError naming the damaged file."""
+    path = Path(path)
+    state = read_checkpoint_state(path)
+    if state.get("format") != FORMAT:
+        raise StateFileError(
+            path / STATE_FILE,
+            "was written by an older version that pickled part of the state; it is not loaded "
+            "(loading a pickle can run code). Start the stage afresh, or resume from a newer checkpoint",
+        )
+    manifest = state.get("files")
+    if not isinstance(manifest, dict) or not manifest:
+        raise StateFileError(path / STATE_FILE, "has no manifest of the checkpoint's files")
+    for name, size in manifest.items():
+        file = path / name
+        if not file.is_file():
+            raise StateFileError(file, "is missing")
+        if file.stat().st_size != size:
+            raise StateFileError(file, f"has {file.stat().st_size} bytes, {size} were written (truncated?)")
+        if file.suffix == ".safetensors":
+            _check_header(file)
+    return state
+
+
+def _check_header(file: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            handle.metadata()
+    except Exception as err:  # safetensors raises its own error type for bad headers
+        raise StateFileError(file, f"is damaged ({err})") from err
+
+
+def _warn(message: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def resolve_resume(resume_from: str | None, output_dir: str) -> Path | None:
-    """The checkpoint to resume from: None, 'latest' (None if there is none yet) or a folder."""
+    """The checkpoint to resume from: None, 'latest' (None if there is none yet) or a folder.
+
+    'latest' is the newest intact checkpoint: damaged newer ones are skipped with a warning, and
+    if every checkpoint is damaged the run stops rather than silently starting afresh.
+    """
     if not resume_from:
         return None
     if resume_from == "latest":
         found = complete_checkpoints(output_dir)
-        return found[-1] if found else None
+        problems = []
+        for path in reversed(found):
+            try:
+                verify_checkpoint(path)
+            except StateFileError as err:
+                problems.append(str(err))
+                continue
+            for problem in problems:
+                _warn(f"skipping a damaged checkpoint: {problem}; resuming from {path.name}")
+            return path
+        if problems:
+            raise CheckpointError(
+                f"resume_from=latest: no intact checkpoint in {checkpoints_root(output_dir)}:\n  "
+                + "\n  ".join(problems)
+            )
+        return None
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"resume_from={resume_from}: not a complete checkpoint (no {STATE_FILE}); "
             f"complete ones in {checkpoints_root(output_dir)}: "
             f"{[p.name for p in complete_checkpoints(output_dir)] or 'none'}"
         )
+    try:
+        verify_checkpoint(path)
+    except StateFileError as err:
+        raise CheckpointError(f"resume_from={resume_from}: {err}") from err
     return path
 
 
-def save_checkpoint(backend, output_dir: str, step: int, state: dict[str, Any], keep_last: int = 0) -> Path:
-    """Writes a checkpoint atomically (all processes call this). Returns its final path."""
+def _fsync_tree(folder: Path) -> None:
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            fsync_path(Path(dirpath) / name)
+        fsync_path(dirpath)
+
+
+def save_checkpoint(
+    backend,
+    output_dir: str,
+    step: int,
+    state: dict[str, Any],
+    keep_last: int = 0,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Writes a checkpoint atomically (all processes call this). Returns its final path.
+
+    ``config`` (the stage config as a dict) is kept so that a resume can refuse a changed key.
+    Older checkpoints beyond ``keep_last`` are removed only after this one is complete.
+    """
     root = checkpoints_root(output_dir)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
@@ -61,29 +169,48 @@ def save_checkpoint(backend, output_dir: str, step: int, state: dict[str, Any], 
     backend.save_state(str(tmp))
     backend.barrier()
     if backend.is_main:
-        payload = json.dumps({"step": step, **state}, indent=2)
-        (tmp / STATE_FILE).write_text(payload + "\n", encoding="utf-8")
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        if config is None:
+            config = _run_config(output_dir)
+        stage = _run_stage(output_dir)
+        payload = {"step": step, "format": FORMAT, "stage": stage, **state, "config": config, "files": files}
+        write_bytes_durably(tmp / STATE_FILE, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
+        _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _prune(output_dir, keep_last)
+        fsync_path(root)
+        _prune(output_dir, keep_last, keep=final)
     backend.barrier()
     return final
 
 
-def read_checkpoint_state(path: Path) -> dict[str, Any]:
-    """The trainer state saved with a checkpoint (step, data position, controllers, ...)."""
-    return json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
+def _run_config(output_dir: str) -> dict[str, Any] | None:
+    """The config the run in ``output_dir`` trains with (its config.yaml), kept with each checkpoint."""
+    import yaml
+
+    path = Path(output_dir) / "config.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _run_stage(output_dir: str) -> str | None:
+    path = Path(output_dir) / "run.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("stage") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_checkpoint(backend, path: Path) -> dict[str, Any]:
     """Restores the backend state and returns the trainer state (step, data position, ...)."""
+    state = verify_checkpoint(path)
     backend.load_state(str(path))
-    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    return state
 
 
-def _prune(output_dir: str, keep_last: int) -> None:
+def _prune(output_dir: str, keep_last: int, keep: Path) -> None:
     if keep_last <= 0:
         return
     for old in complete_checkpoints(output_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)

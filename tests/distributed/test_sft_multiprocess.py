@@ -6,6 +6,7 @@ updates must match up to floating-point reduction order.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -62,6 +63,37 @@ def test_zero_two_processes_match_one(tmp_path, stage):
     # Under ZeRO-3 the saved model is gathered from the shards of both processes.
     assert_close_weights(single(tmp_path), zero)
     assert (zero / "checkpoints" / "step-00000003" / "trainer_state.json").is_file()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_resume_restores_the_engine_state_without_pickle(tmp_path, stage):
+    """A ZeRO run resumed from its step-2 checkpoint ends with the weights of the uninterrupted run,
+    and the engine's checkpoint files are safetensors state trees, not torch.save pickles."""
+    args = ("batch.micro_batch_size=4", "batch.grad_accum=2", "checkpoint.save_steps=2")
+    full = tmp_path / "full"
+    launch(
+        f"zero{stage}",
+        29540 + stage,
+        ["sft", "--config", "configs/sft/tiny.yaml", *sft_overrides(full, "max_steps=4", *args)],
+    )
+    engine_files = [p for p in (full / "checkpoints" / "step-00000002" / "engine").rglob("*") if p.is_file()]
+    states = [p for p in engine_files if p.suffix == ".pt"]
+    assert states and all(p.read_bytes()[8:9] == b"{" for p in states)  # safetensors: u64 size, then JSON
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full / "checkpoints" / "step-00000002", resumed / "checkpoints" / "step-00000002")
+    (resumed / "run.json").write_text('{"stage": "sft"}')
+    launch(
+        f"zero{stage}",
+        29550 + stage,
+        [
+            "sft",
+            "--config",
+            "configs/sft/tiny.yaml",
+            *sft_overrides(resumed, "max_steps=4", *args, "checkpoint.resume_from=latest"),
+        ],
+    )
+    assert [json.loads(ln)["step"] for ln in (resumed / "metrics.jsonl").read_text().splitlines()][0] == 3
+    assert_close_weights(full, resumed)
 
 
 def test_deepspeed_dropped_by_cpu_flag_is_refused(tmp_path):
