@@ -5,12 +5,54 @@ bar and PNG curves. Everything here acts on the main process only; other process
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsFileError(RuntimeError):
+    """``metrics.jsonl`` has a damaged line that a crash cannot explain (message names file and line)."""
+
+
+def _metrics_record(raw: bytes) -> dict:
+    """One line of ``metrics.jsonl`` as its record; ValueError saying what is wrong with it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError("not valid JSON") from None
+    step = record.get("step") if isinstance(record, dict) else None
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        raise ValueError("not a JSON object with a numeric 'step'")
+    return record
+
+
+def _drop_samples_after(path: Path, step: int) -> None:
+    """On resume, keep only the generations logged up to the checkpoint's step, as for the
+    metrics (a line that is not a JSON object, torn by a crash while written, goes too)."""
+    kept = []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            logger.warning("%s:%d: dropped a damaged line (what a crash leaves while it is written)", path, number)
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)) and record["step"] <= step:
+            kept.append(raw + b"\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"".join(kept))
+    os.replace(tmp, path)
 
 
 def _plain(value: Any) -> Any:
@@ -65,6 +107,11 @@ class Tracker:
             self.metrics_path.unlink()  # a fresh run in a reused folder starts a fresh log
         elif start_step > 0 and self.metrics_path.exists():
             self._truncate_after(start_step)
+        samples = self.output_dir / "samples.jsonl"
+        if start_step == 0 and samples.exists():
+            samples.unlink()
+        elif start_step > 0 and samples.exists():
+            _drop_samples_after(samples, start_step)
         if mode != "disabled":
             import wandb  # imported late: it is slow to import and not needed when disabled
 
@@ -87,15 +134,37 @@ class Tracker:
             )
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop log lines written after the checkpoint so no step appears twice."""
+        """On resume, drop log lines written after the checkpoint so no step appears twice.
+
+        A crash or a full disk can tear only the line being appended, the last one: it is dropped
+        with a warning. A damaged line before it is MetricsFileError, and the file is left as is.
+        """
+        lines = self.metrics_path.read_bytes().split(b"\n")
+        numbered = [(number, raw) for number, raw in enumerate(lines, start=1) if raw.strip()]
         kept = []
-        with open(self.metrics_path, encoding="utf-8") as handle:
-            for line in handle:
-                record = json.loads(line)
-                if record.get("step", 0) <= step:
-                    kept.append(line)
-                    self.history.append(record)
-        self.metrics_path.write_text("".join(kept), encoding="utf-8")
+        for number, raw in numbered:
+            try:
+                record = _metrics_record(raw)
+            except ValueError as err:
+                if number == numbered[-1][0]:
+                    logger.warning(
+                        "%s:%d: dropped the last line, which is incomplete or damaged (what a crash or a full "
+                        "disk leaves while it is written)",
+                        self.metrics_path,
+                        number,
+                    )
+                    break
+                raise MetricsFileError(
+                    f"{self.metrics_path}:{number}: {err}; only the last line of a metrics log can be torn by a "
+                    "crash. Repair or delete that line, or start afresh with overwrite=true"
+                ) from None
+            if record["step"] <= step:
+                kept.append(raw + b"\n")
+                self.history.append(record)
+        # Replaced whole, so that a crash (or a full disk) now cannot cut the kept lines short.
+        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+        tmp.write_bytes(b"".join(kept))
+        os.replace(tmp, self.metrics_path)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.is_main:
