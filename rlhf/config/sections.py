@@ -115,6 +115,29 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class NonFiniteConfig:
+    """What a NaN or infinite value does to a run: the loss or gradient norm of an optimizer step
+    (PPO: also a rollout's scores, KL and advantages), and the parameters before a checkpoint."""
+
+    policy: Literal["stop", "skip"] = param(
+        "stop",
+        "stop: end the run at the first non-finite value, keeping the last good checkpoint and writing "
+        "no model folder (summary.json says why; exit code 3). skip: drop that optimizer step (no update, "
+        "the scheduler does not advance; the step counter and data position do; PPO: a bad rollout "
+        "drops its whole step) up to max_consecutive_skips times in a row, then stop. skip is refused "
+        "under DeepSpeed, whose engine steps inside the backward pass. Non-finite parameters before a "
+        "checkpoint always stop the run.",
+    )
+    max_consecutive_skips: int = param(
+        3, "skip: bad steps in a row that are dropped; the next bad one in a row stops the run."
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_consecutive_skips < 0:
+            raise ValueError(f"max_consecutive_skips must be >= 0, got {self.max_consecutive_skips}")
+
+
+@dataclass(frozen=True)
 class PrecisionConfig:
     """Numerics."""
 
@@ -131,6 +154,11 @@ class StageConfig:
     """
 
     output_dir: str = param("runs/stage", "Folder for the model, checkpoints, logs and plots.")
+    overwrite: bool = param(
+        False,
+        "Replace a run already in output_dir (another stage's, or a finished or changed one of this "
+        "stage). Without it such a folder is refused; resume_from=latest continues an unchanged run.",
+    )
     seed: int = param(0, "Seed for data order, initialisation and sampling.")
     max_steps: int = param(100, "Optimizer steps.")
     model: ModelConfig = param(default_factory=ModelConfig, doc="Model to start from.")
@@ -138,6 +166,7 @@ class StageConfig:
     batch: BatchConfig = param(default_factory=BatchConfig, doc="Batch sizes (rows, groups or pairs).")
     precision: PrecisionConfig = param(default_factory=PrecisionConfig, doc="Numerics.")
     checkpoint: CheckpointConfig = param(default_factory=CheckpointConfig, doc="Checkpoints.")
+    nonfinite: NonFiniteConfig = param(default_factory=NonFiniteConfig, doc="NaN / inf: stop or skip.")
     tracking: TrackingConfig = param(default_factory=TrackingConfig, doc="Logging.")
 
 
