@@ -11,7 +11,13 @@ KL_ESTIMATORS = ("k1", "k3", "abs", "mse")
 KL_CONTROLLER_KINDS = ("fixed", "adaptive")
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+def kl_penalty(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    estimator: str = "k1",
+    *,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from tokens sampled from the policy.
 
     With ``d = logp - logp_ref`` (Schulman, "Approximating KL divergence", 2020):
@@ -23,20 +29,27 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     - ``"abs"``: ``|d|``. Biased; non-negative.
     - ``"mse"``: ``0.5 * d**2`` (k2). Biased, non-negative, low variance.
 
-    Padding is not masked here: mask the result where it is used.
+    Pass ``mask`` wherever entries outside it may hold anything (the policy's log-probs of the
+    pad tokens after EOS, hugely negative at a low temperature): the difference is zeroed there
+    *before* the estimator, so ``exp`` cannot overflow to inf and give NaN in the loss or, through
+    the backward pass, in the gradient (multiplying the result by the mask afterwards does not
+    help: inf * 0 is NaN).
 
     Args:
         logprobs: [B, T] policy log-probs of the sampled tokens.
         ref_logprobs: [B, T] reference-model log-probs of the same tokens.
         estimator: one of ``KL_ESTIMATORS``.
+        mask: [B, T] bool or 0/1, true at the valid tokens; None takes every entry as valid.
     Returns:
-        [B, T] per-token estimates, in the promoted dtype of the inputs.
+        [B, T] per-token estimates, in the promoted dtype of the inputs; 0 outside ``mask``.
     Raises:
         ValueError: for an unknown estimator.
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}; valid choices: {', '.join(KL_ESTIMATORS)}")
     diff = logprobs - ref_logprobs
+    if mask is not None:
+        diff = torch.where(mask.bool(), diff, torch.zeros_like(diff))
     if estimator == "k1":
         return diff
     if estimator == "k3":

@@ -6,6 +6,7 @@ counts, and switching dropout off for RL.
 from __future__ import annotations
 
 import importlib.util
+import re
 from typing import Optional
 
 import torch
@@ -145,14 +146,39 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+# Dropout probabilities kept as plain floats, by name: transformers copies them from the config
+# into attention modules and layers at init (Llama, Qwen2 and Phi ``attention_dropout``, OPT
+# ``dropout`` and ``layerdrop``) and reads them, or the config's fields, at every forward pass.
+_DROPOUT_NAME = re.compile(r"dropout|pdrop|layerdrop|drop_path|drop_rate|drop_prob")
+
+
+def _zero_float_dropouts(obj: object) -> None:
+    for name, value in list(vars(obj).items()):
+        if _DROPOUT_NAME.search(name) and isinstance(value, float) and value != 0.0:
+            setattr(obj, name, 0.0)
+
+
+def _configs(module: nn.Module):
+    """The transformers configs ``module`` holds, with their sub-configs (e.g. ``text_config``)."""
+    stack, seen = [getattr(module, "config", None)], set()
+    while stack:
+        config = stack.pop()
+        if id(config) in seen or not hasattr(config, "to_dict") or not hasattr(config, "__dict__"):
+            continue
+        seen.add(id(config))
+        yield config
+        stack.extend(v for v in vars(config).values() if hasattr(v, "to_dict") and hasattr(v, "__dict__"))
+
+
 def disable_dropout(model: nn.Module) -> nn.Module:
     """Sets every dropout probability to 0 (RL and preference optimisation compare log-probs of
-    the policy with a reference, which must be deterministic)."""
+    the policy with a reference, which must be deterministic): ``nn.Dropout`` modules (LoRA's
+    included, so call it after ``apply_adaptation``), float dropout attributes of every module,
+    and the dropout fields of the configs they read at forward time."""
     for module in model.modules():
-        if isinstance(module, nn.Dropout):
+        if isinstance(module, nn.modules.dropout._DropoutNd):
             module.p = 0.0
-    for name in ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop"):
-        config = getattr(model, "config", None)
-        if config is not None and isinstance(getattr(config, name, None), float):
-            setattr(config, name, 0.0)
+        _zero_float_dropouts(module)
+        for config in _configs(module):
+            _zero_float_dropouts(config)
     return model

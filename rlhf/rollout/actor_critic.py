@@ -8,6 +8,8 @@ policy's logits and the critic's values for the same tokens, so DDP sees both us
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -77,11 +79,22 @@ def load_critic(name_or_path: str, adapt, *, pad_token_id: int, vocab_size: int,
     return disable_dropout(critic)
 
 
-def reference_logprobs(model, reference: Optional[nn.Module], samples: Samples, temperature: float, unwrap):
+def reference_logprobs(
+    model,
+    reference: Optional[nn.Module],
+    samples: Samples,
+    temperature: float,
+    unwrap,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+):
     """Response log-probs [B, R] under the reference: a frozen copy, or the policy with its LoRA
-    adapters disabled (``reference`` None), run through the engine so ZeRO-3 can gather weights."""
+    adapters disabled (``reference`` None), run through the engine so ZeRO-3 can gather weights.
+
+    ``autocast`` gives the mixed precision the engine runs the policy under: the copy runs
+    under it too, so that before any update it gives exactly the policy's log-probs."""
     if reference is not None:
-        return response_logprobs(reference, samples, temperature)
+        with autocast():
+            return response_logprobs(reference, samples, temperature)
     with unwrap(model).policy.disable_adapter():
         logits, _ = forward_samples(model, samples, temperature, with_values=False)
     return token_logprobs(logits, samples.response_ids) * samples.response_mask

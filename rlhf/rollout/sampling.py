@@ -1,14 +1,17 @@
-"""Sampling from a policy: batched generation with left padding, cut after the first EOS.
+"""Sampling from a policy: batched generation with left padding, cut after the first end token.
 
 `sample` is the one place generation happens (PPO rollouts, evaluation, annotation tasks), so a
 faster generator can replace it without touching the loops. It returns token ids, not only
 text, so log-probs are computed on exactly the tokens that were sampled (decoding and
-re-tokenising can change them).
+re-tokenising can change them). It samples from ``softmax(logits / temperature)`` (restricted by
+the ``SamplingConfig``'s own top-k / top-p only), whatever the model's ``generation_config`` asks
+for: PPO's ratio and KL take the log-probs of that distribution, so it must be the one sampled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,9 +42,13 @@ class Samples:
 
     input_ids:      [B, P + R] prompt then response tokens; pad outside the real tokens.
     attention_mask: [B, P + R] 1 at real prompt tokens and valid response tokens.
-    response_mask:  [B, R] 1 at the response tokens that count: up to and including the first EOS.
-    ended:          [B] whether the response produced an EOS within max_new_tokens.
-    texts:          B decoded responses, without the EOS.
+    response_mask:  [B, R] 1 at the response tokens that count: up to and including the first
+                    end token (EOS, or any other id of ``end_token_ids``).
+    ended:          [B] whether the response produced an end token within max_new_tokens.
+    texts:          B decoded responses, without the end token.
+    nonfinite_logits: generation steps at which some row's logits were NaN or infinite (those
+                    rows were then drawn from a uniform distribution so generation could end on
+                    every process; a run must not train on such samples).
     """
 
     input_ids: torch.Tensor
@@ -49,6 +56,7 @@ class Samples:
     response_mask: torch.Tensor
     ended: torch.Tensor
     texts: list[str]
+    nonfinite_logits: int = 0
 
     @property
     def prompt_length(self) -> int:
@@ -66,6 +74,7 @@ class Samples:
             self.response_mask[index],
             self.ended[index],
             [self.texts[i] for i in index.tolist()],
+            self.nonfinite_logits,
         )
 
 
@@ -89,6 +98,7 @@ def concat_samples(parts: list[Samples], pad_id: int) -> Samples:
         torch.cat(resp),
         torch.cat([p.ended for p in parts]),
         [t for p in parts for t in p.texts],
+        sum(p.nonfinite_logits for p in parts),
     )
 
 
@@ -97,20 +107,89 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def truncate_after_eos(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask, ended): mask is 1 up to and including each row's first EOS (all of a row without one).
+def truncate_after_eos(response_ids: torch.Tensor, eos_id: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, ended): mask is 1 up to and including each row's first end token (all of a row
+    without one).
 
     Args:
         response_ids: [B, R] generated tokens.
+        eos_id: the end token id, or several (any of them ends a response).
     Returns:
         mask [B, R] long, ended [B] bool.
     """
-    is_eos = response_ids == eos_id
+    ends = torch.as_tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=response_ids.device)
+    is_eos = torch.isin(response_ids, ends)
     ended = is_eos.any(-1)
     # Replaces a per-row scan for the first EOS: tokens strictly after it have a positive
     # count of earlier EOS tokens.
     eos_before = is_eos.long().cumsum(-1) - is_eos.long()
     return (eos_before == 0).long(), ended
+
+
+def end_token_ids(model, tokenizer) -> list[int]:
+    """The ids that end a response: the tokenizer's EOS and those of the model's
+    ``generation_config`` (an int or a list; e.g. a chat model's end-of-turn and end-of-text)."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    for source in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
+        for token in [] if source is None else [source] if isinstance(source, int) else list(source):
+            if int(token) not in ids:
+                ids.append(int(token))
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation_config names an EOS token")
+    return ids
+
+
+def _plain_generation_config(model, tokenizer, sampling: SamplingConfig, end_ids: list[int]):
+    """Only what ``sampling`` asks for; every other logits processor off."""
+    from transformers import GenerationConfig
+
+    sampled = sampling.do_sample and sampling.temperature > 0
+    return GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=sampled,
+        temperature=sampling.temperature if sampled else None,
+        # Explicit, because transformers fills an unset top_k with 50; 0 turns it off.
+        top_k=sampling.top_k if sampled else None,
+        top_p=sampling.top_p if sampled else None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=end_ids,
+        bos_token_id=getattr(getattr(model, "generation_config", None), "bos_token_id", None),
+        use_cache=True,  # a model saved after training with checkpointing says False
+    )
+
+
+class _FiniteLogits:
+    """A logits processor that counts steps with NaN / infinite logits and makes them uniform,
+    instead of torch.multinomial failing on this process alone (the others would then wait)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        bad = ~torch.isfinite(scores)
+        # -inf is how processors mask tokens out; only NaN, +inf, or a row with nothing left is bad.
+        broken = (torch.isnan(scores) | (scores == float("inf"))).any(-1) | bad.all(-1)
+        if not bool(broken.any()):
+            return scores
+        self.seen += 1
+        return torch.where(broken[:, None], torch.zeros_like(scores), scores)
+
+
+@contextlib.contextmanager
+def _only_generation_config(model, config) -> Iterator[None]:
+    """``generate`` fills every field its ``generation_config`` leaves unset from the model's own
+    (a repetition penalty, top_k, no_repeat_ngram_size, min_new_tokens, suppressed tokens ...), so
+    for the call the model's own is ``config`` too (peft wrappers read their base model's)."""
+    holders = [m for m in model.modules() if "generation_config" in vars(m)]
+    saved = [m.generation_config for m in holders]
+    try:
+        for holder in holders:
+            holder.generation_config = config
+        yield
+    finally:
+        for holder, original in zip(holders, saved):
+            holder.generation_config = original
 
 
 @torch.no_grad()
@@ -123,12 +202,16 @@ def sample(
     chat_template: bool = True,
     generator_seed: int | None = None,
 ) -> Samples:
-    """Sample one response per prompt from `model` (left padding, stop at EOS).
+    """Sample one response per prompt from `model` (left padding, stop at any of the end ids of
+    ``end_token_ids``), from ``softmax(logits / temperature)`` whatever the model's
+    ``generation_config`` says.
 
     Args:
         prompts: strings (one user turn) or message lists.
         generator_seed: seeds torch's RNG just before generating, for reproducible rollouts.
     """
+    end_ids = end_token_ids(model, tokenizer)
+    generation_config = _plain_generation_config(model, tokenizer, sampling, end_ids)
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -139,28 +222,19 @@ def sample(
         batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
         if generator_seed is not None:
             torch.manual_seed(generator_seed)
-        sampled = sampling.do_sample and sampling.temperature > 0
-        generated = model.generate(
-            **batch,
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=sampled,
-            temperature=sampling.temperature if sampled else None,
-            top_k=sampling.top_k if sampled else None,
-            top_p=sampling.top_p if sampled else None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            use_cache=True,  # a model saved after training with checkpointing says False
-        )
+        finite = _FiniteLogits()
+        with _only_generation_config(model, generation_config):
+            generated = model.generate(**batch, generation_config=generation_config, logits_processor=[finite])
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     prompt_length = batch["input_ids"].shape[1]
     response = generated[:, prompt_length:]
-    response_mask, ended = truncate_after_eos(response, tokenizer.eos_token_id)
+    response_mask, ended = truncate_after_eos(response, end_ids)
     response = torch.where(response_mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
     decoded = []
     for row, keep, done in zip(response.tolist(), response_mask.sum(-1).tolist(), ended.tolist()):
-        row = row[: keep - 1] if done else row[:keep]  # drop the EOS itself
+        row = row[: keep - 1] if done else row[:keep]  # drop the end token itself
         decoded.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     return Samples(
         input_ids=torch.cat([batch["input_ids"], response], dim=1),
@@ -168,6 +242,7 @@ def sample(
         response_mask=response_mask,
         ended=ended,
         texts=decoded,
+        nonfinite_logits=finite.seen,
     )
 
 

@@ -59,7 +59,9 @@ class RewardConfig:
         default_factory=list, doc="One weight per source: the model first, then the functions (empty = all 1)."
     )
     clip: Optional[float] = param(None, "Clip scores to [-clip, clip].")
-    whiten: bool = param(False, "Whiten scores over the rollout batch (all processes).")
+    whiten: bool = param(
+        False, "Scale scores to unit variance over the rollout batch (all processes), keeping their mean."
+    )
 
 
 @dataclass(frozen=True)

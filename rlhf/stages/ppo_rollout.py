@@ -49,10 +49,23 @@ def load_prompts(cfg, tokenizer, backend) -> tuple[list, object]:
     return prompts, report
 
 
-def global_whiten(values, mask, backend):
+def global_whiten(values, mask, backend, shift_mean: bool = True):
     """``whiten`` with the mean and variance over the valid entries of every process's batch."""
     moments = backend.all_reduce_sum(masked_moments(values, mask))
-    return whiten(values, mask, stats=moments_to_stats(moments))
+    return whiten(values, mask, shift_mean, stats=moments_to_stats(moments))
+
+
+def shape_scores(cfg, scores: torch.Tensor, ended: torch.Tensor, backend) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logged, used) scores [B]: the missing-EOS score and the clip applied to both; ``used``
+    then scaled to unit variance over all processes when ``reward.whiten``, keeping its mean
+    (the mean score is the signal; advantages, not rewards, are centred)."""
+    if cfg.rollout.missing_eos_score is not None:
+        scores = torch.where(ended, scores, torch.full_like(scores, cfg.rollout.missing_eos_score))
+    if cfg.reward.clip is not None:
+        scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
+    if not cfg.reward.whiten:
+        return scores, scores
+    return scores, global_whiten(scores, torch.ones_like(scores), backend, shift_mean=False)
 
 
 @dataclass
@@ -68,6 +81,7 @@ class Rollout:
     old_values: torch.Tensor  # [B, T]
     ref_logps: torch.Tensor  # [B, T]
     seconds: float
+    source_scores: dict[str, torch.Tensor]  # [B] each reward source's own scores, by source name
 
 
 def sample_and_score(r, step: int) -> Rollout:
@@ -95,14 +109,8 @@ def sample_and_score(r, step: int) -> Rollout:
         ]
     samples = concat_samples(parts, r.tokenizer.pad_token_id)
 
-    scores = r.scorer.score(prompts, samples.texts).to(backend.device)
-    if cfg.rollout.missing_eos_score is not None:
-        scores = torch.where(samples.ended, scores, torch.full_like(scores, cfg.rollout.missing_eos_score))
-    if cfg.reward.clip is not None:
-        scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
-    raw_scores = scores
-    if cfg.reward.whiten:
-        scores = global_whiten(scores, torch.ones_like(scores), backend)
+    by_source = r.scorer.score_by_source(prompts, samples.texts)
+    raw_scores, scores = shape_scores(cfg, r.scorer.combine(by_source).to(backend.device), samples.ended, backend)
     old_logps, old_values, ref_logps = [], [], []
     temperature, micro = cfg.rollout.temperature, cfg.batch.micro_batch_size
     with torch.no_grad():
@@ -111,7 +119,9 @@ def sample_and_score(r, step: int) -> Rollout:
             logits, values = forward_samples(model, chunk, temperature)
             old_logps.append(token_logprobs(logits, chunk.response_ids) * chunk.response_mask)
             old_values.append(values.float() * chunk.response_mask)
-            ref_logps.append(reference_logprobs(model, r.reference, chunk, temperature, backend.unwrap))
+            ref_logps.append(
+                reference_logprobs(model, r.reference, chunk, temperature, backend.unwrap, backend.autocast)
+            )
     return Rollout(
         prompts,
         samples,
@@ -122,4 +132,5 @@ def sample_and_score(r, step: int) -> Rollout:
         torch.cat(old_values),
         torch.cat(ref_logps),
         time.time() - start,
+        by_source,
     )

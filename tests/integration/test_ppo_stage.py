@@ -136,6 +136,11 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
     assert [r["kl_coef"] for r in rows(full)] == [r["kl_coef"] for r in rows(part)]
     assert [r["step"] for r in rows(part)] == [1, 2, 3, 4]
+    # The generations logged after the checkpoint are dropped too, so none appears twice.
+    samples = [json.loads(line) for line in (part / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [step for step in (1, 2, 3, 4) for _ in range(4)]
+    full_samples = [json.loads(line) for line in (full / "samples.jsonl").read_text().splitlines()]
+    assert samples == full_samples
 
 
 def test_bad_batch_geometry_is_refused(tmp_path):
@@ -161,3 +166,38 @@ def test_log_every_logs_every_nth_step_and_the_first_and_last(tmp_path):
     log = rows(out)
     assert [r["step"] for r in log] == [1, 3, 4]
     assert summary["first_score"] == log[0]["score"] and summary["final_score"] == log[-1]["score"]
+
+
+def test_setup_leaves_no_dropout_on_after_lora_adaptation(tmp_path):
+    from rlhf.stages import ppo as stage
+
+    lora = ["model.adapt.strategy=lora", "model.adapt.lora_r=4", "model.adapt.lora_dropout=0.5"]
+    critic = ["critic.adapt.strategy=lora", "critic.adapt.lora_r=4", "critic.adapt.lora_dropout=0.5"]
+    cfg = load_config(
+        PPOConfig, "configs/ppo/tiny.yaml", [f"output_dir={tmp_path / 'drop'}", *FAST, "max_steps=1", *lora, *critic]
+    )
+    r = stage._setup(cfg)
+    try:
+        model = r.backend.unwrap(r.model)
+        assert [n for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0] == []
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_()  # a trained adapter, whose dropout would change the outputs
+            ids = torch.tensor([[5, 6, 7, 8, 9]])
+            mask = torch.ones_like(ids)
+            expected = model.eval()(ids, mask, 2)
+            got = model.train()(ids, mask, 2)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    finally:
+        r.backend.end()
+
+
+def test_copy_reference_runs_under_the_policy_precision(tmp_path):
+    # Under bf16 the policy's forward runs under autocast; a reference that did not would give
+    # other log-probs for the same weights, and the first step's KL would not be 0.
+    summary, out = ppo(tmp_path, "bf16", "max_steps=1", "precision.mixed_precision=bf16", "reference=copy")
+    first = rows(out)[0]
+    assert summary["reference"] == "copy" and summary["mixed_precision"] == "bf16"
+    assert first["kl"] == 0.0 and first["kl_k3"] == 0.0 and first["non_score_reward"] == 0.0

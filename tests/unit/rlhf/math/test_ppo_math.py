@@ -345,3 +345,31 @@ def test_whiten_with_summed_moments_equals_whiten_of_the_whole():
         [whiten(values[:3], mask[:3], stats=(mean, var)), whiten(values[3:], mask[3:], stats=(mean, var))]
     )
     torch.testing.assert_close(halves, whiten(values, mask))
+
+
+@pytest.mark.parametrize("estimator", KL_ESTIMATORS)
+def test_kl_mask_is_applied_before_the_exponential(estimator):
+    # Pad positions after EOS hold whatever the forward pass gave: at a low temperature the
+    # policy's log-prob of the pad token is hugely negative while the reference's is 0 (masked),
+    # so exp(logp_ref - logp) overflows there unless it is masked first.
+    logp = torch.tensor([[-1.0, -1e4, float("-inf")], [-0.5, -2.0, -3e38]], requires_grad=True)
+    ref = torch.tensor([[-1.5, 0.0, 0.0], [-0.5, -1.0, 0.0]])
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0]])
+    out = kl_penalty(logp, ref, estimator, mask=mask)
+    d = [0.5, 0.0, -1.0]  # logp - ref at the three valid tokens
+    want = {
+        "k1": d,
+        "k3": [math.expm1(-x) + x for x in d],
+        "abs": [abs(x) for x in d],
+        "mse": [0.5 * x * x for x in d],
+    }[estimator]
+    assert out[mask.bool()].tolist() == pytest.approx(want, abs=1e-6)
+    assert (out[~mask.bool()] == 0).all()
+    (out.sum() * 0.1).backward()
+    assert torch.isfinite(logp.grad).all() and (logp.grad[~mask.bool()] == 0).all()
+    assert torch.equal(ref, torch.tensor([[-1.5, 0.0, 0.0], [-0.5, -1.0, 0.0]]))  # input untouched
+
+
+def test_kl_without_a_mask_is_unchanged():
+    logp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    assert kl_penalty(logp, ref, "k3", mask=None).tolist() == kl_penalty(logp, ref, "k3").tolist()

@@ -8,7 +8,7 @@ from helpers import tiny_untied_llama
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from rlhf.config.sections import AdaptConfig
-from rlhf.models.adapt import apply_adaptation, count_parameters, quantization_config_for
+from rlhf.models.adapt import apply_adaptation, count_parameters, disable_dropout, quantization_config_for
 
 V, H, L, HEADS, KV, INTER = 50, 16, 3, 4, 2, 24  # the dims of helpers.tiny_untied_llama
 HEAD_DIM = H // HEADS  # 4
@@ -111,3 +111,59 @@ def test_qlora_without_cuda_says_what_it_needs():
     with pytest.raises(RuntimeError, match="strategy=lora"):
         quantization_config_for(AdaptConfig(strategy="qlora"))
     assert quantization_config_for(AdaptConfig(strategy="lora")) is None
+
+
+def _dropout_heavy(kind: str):
+    """A tiny model of ``kind`` with every dropout probability of its config at 0.5: Llama, Qwen2
+    and Phi copy ``attention_dropout`` into a float attribute of each attention module, OPT copies
+    ``dropout`` and ``layerdrop`` into floats of its layers, GPT-2 uses nn.Dropout modules."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    size = dict(vocab_size=V, hidden_size=H, num_hidden_layers=2, num_attention_heads=HEADS, max_position_embeddings=64)
+    if kind == "llama":
+        config = tf.LlamaConfig(**size, intermediate_size=INTER, num_key_value_heads=KV, attention_dropout=0.5)
+        return tf.LlamaForCausalLM(config)
+    if kind == "qwen2":
+        config = tf.Qwen2Config(**size, intermediate_size=INTER, num_key_value_heads=KV, attention_dropout=0.5)
+        return tf.Qwen2ForCausalLM(config)
+    if kind == "phi":
+        config = tf.PhiConfig(**size, intermediate_size=INTER, attention_dropout=0.5, resid_pdrop=0.5, embd_pdrop=0.5)
+        return tf.PhiForCausalLM(config)
+    if kind == "opt":
+        config = tf.OPTConfig(
+            **size, ffn_dim=INTER, word_embed_proj_dim=H, dropout=0.5, attention_dropout=0.5, layerdrop=0.5
+        )
+        return tf.OPTForCausalLM(config)
+    config = GPT2Config(vocab_size=V, n_embd=H, n_layer=2, n_head=HEADS, n_positions=64, resid_pdrop=0.5)
+    config.embd_pdrop = config.attn_pdrop = 0.5
+    return GPT2LMHeadModel(config)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "phi", "opt", "gpt2"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_disable_dropout_makes_train_mode_logits_equal_eval_mode_logits(kind, attn):
+    model = _dropout_heavy(kind)
+    model.config._attn_implementation = attn
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16, 17, 18]])
+    with torch.no_grad():
+        expected = model.eval()(input_ids=ids).logits
+        assert not torch.equal(model.train()(input_ids=ids).logits, expected)  # the dropout is real
+        disable_dropout(model)
+        for seed in (0, 1, 2):
+            torch.manual_seed(seed)
+            torch.testing.assert_close(model.train()(input_ids=ids).logits, expected, rtol=0, atol=0)
+
+
+def test_disable_dropout_turns_lora_dropout_off_after_adaptation():
+    model = apply_adaptation(tiny_untied_llama(), AdaptConfig(strategy="lora", lora_r=2, lora_dropout=0.5))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # a trained adapter: its dropout now changes the output
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        expected = model.eval()(input_ids=ids).logits
+        assert not torch.equal(model.train()(input_ids=ids).logits, expected)
+        disable_dropout(model)
+        torch.testing.assert_close(model.train()(input_ids=ids).logits, expected, rtol=0, atol=0)

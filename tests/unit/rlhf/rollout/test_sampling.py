@@ -356,3 +356,162 @@ def test_response_logprobs_temperature_changes_the_values(model):
     hot = response_logprobs(model, samples, 1.0)
     cold = response_logprobs(model, samples, 0.5)
     assert not torch.allclose(hot, cold, atol=1e-3)
+
+
+# ---------- the behaviour policy is softmax(logits / T), whatever the model's generation_config ----------
+
+
+def polluted(model):
+    """A copy of ``model`` whose generation_config asks for every logits processor that would
+    change the sampled distribution (as a checkpoint's generation_config.json may)."""
+    import copy
+
+    other = copy.deepcopy(model)
+    gc = other.generation_config
+    gc.repetition_penalty = 1e3
+    gc.no_repeat_ngram_size = 1
+    gc.top_k = 3
+    gc.top_p = 0.5
+    gc.min_p = 0.3
+    gc.typical_p = 0.5
+    gc.temperature = 0.2
+    gc.min_new_tokens = 6
+    gc.suppress_tokens = list(range(10, 200))
+    gc.bad_words_ids = [[201], [202]]
+    gc.renormalize_logits = True
+    return other
+
+
+def reference_sampler(model, tokenizer, prompts, max_new_tokens, temperature, seed, end_ids):
+    """Sampling written out: one plain forward pass over the whole sequence per token, softmax of
+    the last logits / T, one multinomial draw per row; rows that ended get pad."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    enc = tokenizer(
+        [render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False, padding=True, return_tensors="pt"
+    )
+    tokenizer.padding_side = side
+    ids, attn = enc["input_ids"], enc["attention_mask"]
+    done = torch.zeros(len(prompts), dtype=torch.bool)
+    out = []
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn)).logits[:, -1].float()
+            token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1).squeeze(1)
+            token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
+            out.append(token)
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            attn = torch.cat([attn, torch.ones_like(token)[:, None]], dim=1)
+            done = done | torch.isin(token, torch.tensor(end_ids))
+            if done.all():
+                break
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sample_draws_from_softmax_of_the_logits_over_the_temperature(eos_model, tiny_tokenizer, temperature):
+    cfg = SamplingConfig(max_new_tokens=10, temperature=temperature)
+    for seed in (0, 1):
+        got = sample(eos_model, tiny_tokenizer, PROMPTS, cfg, generator_seed=seed)
+        want = reference_sampler(
+            eos_model, tiny_tokenizer, PROMPTS, 10, temperature, seed, [tiny_tokenizer.eos_token_id]
+        )
+        want = torch.where(
+            truncate_after_eos(want, tiny_tokenizer.eos_token_id)[0].bool(), want, tiny_tokenizer.pad_token_id
+        )
+        assert torch.equal(got.response_ids, want)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sample_ignores_the_model_generation_config(eos_model, tiny_tokenizer, temperature):
+    other = polluted(eos_model)
+    before = other.generation_config.to_dict()
+    cfg = SamplingConfig(max_new_tokens=10, temperature=temperature)
+    for seed in SEEDS:
+        a = sample(eos_model, tiny_tokenizer, PROMPTS, cfg, generator_seed=seed)
+        b = sample(other, tiny_tokenizer, PROMPTS, cfg, generator_seed=seed)
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.response_mask, b.response_mask)
+        assert a.texts == b.texts
+    assert other.generation_config.to_dict() == before  # left as it was
+    greedy = SamplingConfig(max_new_tokens=10, do_sample=False)
+    assert torch.equal(
+        sample(eos_model, tiny_tokenizer, PROMPTS, greedy).input_ids,
+        sample(other, tiny_tokenizer, PROMPTS, greedy).input_ids,
+    )
+
+
+def test_sample_ignores_the_generation_config_of_a_lora_policy(eos_model, tiny_tokenizer):
+    import copy
+
+    from rlhf.config.sections import AdaptConfig
+    from rlhf.models.adapt import apply_adaptation
+
+    clean = apply_adaptation(copy.deepcopy(eos_model), AdaptConfig(strategy="lora", lora_r=2))
+    dirty = apply_adaptation(polluted(eos_model), AdaptConfig(strategy="lora", lora_r=2))
+    cfg = SamplingConfig(max_new_tokens=8)
+    a = sample(clean, tiny_tokenizer, PROMPTS, cfg, generator_seed=5)
+    b = sample(dirty, tiny_tokenizer, PROMPTS, cfg, generator_seed=5)
+    assert torch.equal(a.input_ids, b.input_ids)
+
+
+# ---------- several end ids ----------
+
+
+def test_truncate_after_eos_with_a_list_of_end_ids():
+    ids = torch.tensor(
+        [
+            [5, 9, 7, EOS, 9],  # the second end id first
+            [5, 6, EOS, 9, 7],  # the first end id first
+            [5, 6, 7, 8, 4],  # neither
+            [9, 5, 6, 7, 8],  # the second end id at the start
+        ]
+    )
+    mask, ended = truncate_after_eos(ids, [EOS, 9])
+    assert mask.tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert ended.tolist() == [True, True, False, True]
+    single = truncate_after_eos(ids, EOS)
+    assert torch.equal(truncate_after_eos(ids, [EOS])[0], single[0])
+
+
+def test_sample_ends_responses_at_any_of_the_end_ids(eos_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    cfg = SamplingConfig(max_new_tokens=10)
+    plain = sample(eos_model, tok, PROMPTS, cfg, generator_seed=1)
+    # A second end id: a token the plain sample draws mid-way through an unfinished row.
+    row = int((~plain.ended).nonzero()[0])
+    extra = int(plain.response_ids[row, 3])
+    other = polluted(eos_model)  # its other generation settings are ignored; its end ids are not
+    other.generation_config.eos_token_id = [tok.eos_token_id, extra]
+    s = sample(other, tok, PROMPTS, cfg, generator_seed=1)
+    # Up to each row's first end id the draws are the plain ones; the row is cut right after it.
+    expected_mask, expected_ended = truncate_after_eos(plain.response_ids, [tok.eos_token_id, extra])
+    R = s.response_mask.shape[1]
+    assert torch.equal(s.response_mask, expected_mask[:, :R]) and expected_mask[:, R:].sum() == 0
+    assert torch.equal(s.ended, expected_ended) and s.ended[row]
+    keep = s.response_mask.bool()
+    assert torch.equal(s.response_ids[keep], plain.response_ids[:, :R][keep])
+    assert (s.response_ids[~keep] == tok.pad_token_id).all()
+    last = s.response_ids[row, int(s.response_mask[row].sum()) - 1]
+    assert int(last) == extra and s.texts[row] == tok.decode(s.response_ids[row, : int(keep[row].sum()) - 1]).strip()
+
+
+def test_sample_applies_the_sampling_config_top_k(eos_model, tiny_tokenizer):
+    # top_k=1 keeps only the most likely token: sampling becomes greedy decoding.
+    greedy = sample(eos_model, tiny_tokenizer, PROMPTS, SamplingConfig(max_new_tokens=8, do_sample=False))
+    for model in (eos_model, polluted(eos_model)):
+        top1 = sample(model, tiny_tokenizer, PROMPTS, SamplingConfig(max_new_tokens=8, top_k=1), generator_seed=3)
+        assert torch.equal(top1.input_ids, greedy.input_ids)
+
+
+def test_nonfinite_logits_are_counted_and_replaced_but_masked_tokens_stay_masked():
+    from rlhf.rollout.sampling import _FiniteLogits
+
+    finite = _FiniteLogits()
+    masked = torch.tensor([[0.5, -float("inf"), 1.0]])
+    assert finite(None, masked) is masked and finite.seen == 0  # -inf from top-k is not an error
+    broken = torch.tensor([[0.5, float("nan"), 1.0], [0.1, 0.2, 0.3], [-float("inf")] * 3])
+    fixed = finite(None, broken)
+    assert finite.seen == 1
+    assert torch.equal(fixed[0], torch.zeros(3)) and torch.equal(fixed[2], torch.zeros(3))
+    assert torch.equal(fixed[1], broken[1])
