@@ -17,13 +17,16 @@ from typing import Any
 
 import yaml
 
+from rlhf.config.diff import config_changes as _changes
 from rlhf.config.loader import ConfigError, _build, load_config, merge, replace_path, to_dict
+from rlhf.models.fingerprint import model_fingerprint
 from rlhf.orchestration.pipeline_config import SECTION_KEYS, PipelineConfig
+from rlhf.orchestration.stale import input_changes
 from rlhf.runtime.backend import launched_as_main, shared_process_group, unpartitioned_loading
 from rlhf.stages.registry import STAGE_ORDER, config_class, run_function
 
 # keys that may differ between the run on disk and the planned one without making it another run
-_VOLATILE = ("checkpoint.resume_from", "tracking.")
+_VOLATILE = ("checkpoint.resume_from", "tracking.", "overwrite")
 
 
 class PipelineError(RuntimeError):
@@ -34,8 +37,10 @@ class PipelineError(RuntimeError):
 class StagePlan:
     name: str
     cfg: Any  # the stage's resolved, frozen config
-    action: str  # "run", "resume" or "done" (or "missing": not part of this pipeline, never run)
+    # "run", "resume", "done", "rerun" (stale: replaced) or "missing" (not part of this pipeline, never run)
+    action: str
     checkpoint: str | None = None  # newest checkpoint for "resume"
+    reason: str | None = None  # why a "rerun" stage's run is stale
 
     @property
     def output_dir(self) -> Path:
@@ -54,29 +59,20 @@ def handoff_dir(stage_plan: StagePlan) -> str:
 
 
 def is_done(output_dir: str | Path) -> bool:
-    """A stage finished: its summary is written after its model, so both exist only at the end."""
-    return (Path(output_dir) / "summary.json").is_file() and (Path(output_dir) / "model").is_dir()
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
+    """A stage finished: its summary is written after its model, so both exist only at the end,
+    and it does not say the run stopped (a resumed run that stopped leaves an older model)."""
+    summary, model = Path(output_dir) / "summary.json", Path(output_dir) / "model"
+    if not (summary.is_file() and model.is_dir()):
+        return False
+    try:
+        return json.loads(summary.read_text(encoding="utf-8")).get("status") != "stopped"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def config_changes(saved: dict, planned: dict) -> list[str]:
     """``key: old -> new`` for every key that differs, the volatile ones (resume, tracking) aside."""
-    old, new = _flatten(saved), _flatten(planned)
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        if any(key == v or (v.endswith(".") and key.startswith(v)) for v in _VOLATILE):
-            continue
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            changes.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
-    return changes
+    return _changes(saved, planned, _VOLATILE)
 
 
 def _section(cfg: PipelineConfig, stage: str, source: str) -> tuple[dict, dict]:
@@ -179,7 +175,7 @@ def plan(cfg: PipelineConfig, source: str = "pipeline") -> dict[str, StagePlan]:
         if stage not in needed:
             continue
         stage_cfg = _resolve(cfg, stage, source, plans)
-        plans[stage] = decide_stage(stage, stage_cfg, stage in cfg.stages)
+        plans[stage] = _unless_stale(decide_stage(stage, stage_cfg, stage in cfg.stages), plans, cfg.stages)
         if plans[stage].action == "missing":
             users = [s for s in cfg.stages if s != stage]
             raise PipelineError(
@@ -190,6 +186,24 @@ def plan(cfg: PipelineConfig, source: str = "pipeline") -> dict[str, StagePlan]:
     return plans
 
 
+def _unless_stale(stage_plan: StagePlan, plans: dict[str, StagePlan], stages: list[str]) -> StagePlan:
+    """The plan, or a "rerun" with overwrite=true when the run in the folder was made from other
+    models than its upstream stages hand on now (see ``rlhf.orchestration.stale``)."""
+    if stage_plan.action not in ("done", "resume"):
+        return stage_plan
+    upstream = {name: (handoff_dir(p), p.action) for name, p in plans.items() if name != stage_plan.name}
+    reasons = input_changes(stage_plan.cfg, stage_plan.output_dir, upstream, finished=stage_plan.action == "done")
+    if not reasons:
+        return stage_plan
+    reason = "; ".join(reasons)
+    if stage_plan.name not in stages:
+        raise PipelineError(
+            f"stage {stage_plan.name} is not among the stages {stages}, but others start from its output, "
+            f"and its run in {stage_plan.output_dir} is stale ({reason}); add '{stage_plan.name}' to stages"
+        )
+    return StagePlan(stage_plan.name, replace_path(stage_plan.cfg, "overwrite", True), "rerun", reason=reason)
+
+
 def describe_plan(plans: dict[str, StagePlan]) -> str:
     lines = ["stage  action                  output"]
     for name, p in plans.items():
@@ -197,8 +211,10 @@ def describe_plan(plans: dict[str, StagePlan]) -> str:
             "run": "run",
             "done": "done, skipped",
             "resume": f"resume from {Path(p.checkpoint).name}" if p.checkpoint else "resume",
+            "rerun": "rerun (stale)",
         }[p.action]
         lines.append(f"{name:<6} {action:<23} {p.output_dir}")
+    lines += [f"{name}: rerun, {p.reason}" for name, p in plans.items() if p.action == "rerun"]
     return "\n".join(lines)
 
 
@@ -213,7 +229,7 @@ def run(cfg: PipelineConfig, source: str = "pipeline") -> dict:
     with shared_process_group():
         for name, p in plans.items():
             entry = {"output_dir": str(p.output_dir), "action": p.action}
-            if p.action in ("run", "resume"):
+            if p.action in ("run", "resume", "rerun"):
                 if main:
                     print(f"\n== {name} ({p.action}) -> {p.output_dir}", flush=True)
                 stage_started = time.time()
@@ -248,7 +264,10 @@ def _evaluate(cfg: PipelineConfig, plans: dict[str, StagePlan]) -> dict | None:
         )
         return None
     out = Path(cfg.output_dir) / "eval"
-    settings = {"policies": policies, "reward_model": reward_model, **to_dict(cfg.eval)}
+    # The models' fingerprints: a policy retrained into the same folder is evaluated again.
+    models = {**{name: handoff_dir(plans[name]) for name in policies}, **({"rm": reward_model} if reward_model else {})}
+    fingerprints = {name: model_fingerprint(path) for name, path in models.items()}
+    settings = {"policies": policies, "reward_model": reward_model, "fingerprints": fingerprints, **to_dict(cfg.eval)}
     settings_file = out / "settings.json"
     if (out / "results.json").is_file() and settings_file.is_file():
         if json.loads(settings_file.read_text()) == json.loads(json.dumps(settings)):

@@ -43,9 +43,11 @@ class PipelineConfig:
     """SFT -> reward model -> PPO, and/or DPO from the SFT model, then evaluation.
 
     Each stage writes to ``<output_dir>/<stage>`` (unless its section sets ``output_dir``).
-    A stage whose folder holds a finished run with the same config is skipped; an interrupted
-    one resumes from its newest checkpoint; one finished with a different config is an error
-    (remove its folder to run it again). Under ``accelerate launch`` every stage runs on all
+    A stage whose folder holds a finished run with the same config, trained from the models its
+    upstream stages hand on now, is skipped; an interrupted one resumes from its newest
+    checkpoint; one made from other upstream models is replaced (it and the stages after it run
+    again); one finished with a different config is an error (remove its folder to run it
+    again). Under ``accelerate launch`` every stage runs on all
     processes with the launcher's engine (DDP, ZeRO-1/2/3).
 
     Stage sections: ``config`` (stage YAML, path relative to the working directory),

@@ -54,3 +54,11 @@ def config_class(name: str) -> type:
 def run_function(name: str) -> Callable[[Any], dict]:
     """``run(cfg) -> summary`` of stage ``name``."""
     return importlib.import_module(_stage(name).module).run
+
+
+def input_models(cfg: Any) -> dict[str, str]:
+    """Role (model, reference, reward_model, critic) -> model that the stage config ``cfg``
+    starts from; the stage's summary records their fingerprints as ``inputs``."""
+    from rlhf.stages.inputs import input_models as models
+
+    return models(cfg)

@@ -39,7 +39,7 @@ def test_first_loss_is_ln2_and_preferences_are_learned(tmp_path):
     # From a randomly initialised model (no SFT), 100 steps: clearly above chance, loss below ln 2.
     assert summary["eval_accuracy"] > 0.65 and summary["eval_margins"] > 0
     assert summary["eval_loss"] < math.log(2) - 0.05
-    assert (out / "reference_logps.pt").is_file() and (out / "model" / "model.safetensors").is_file()
+    assert (out / "reference_logps.safetensors").is_file() and (out / "model" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("reference", ["copy", "lora_disabled"])
@@ -57,8 +57,19 @@ def test_resume_uses_the_cached_reference_and_matches(tmp_path):
     _, full = dpo(tmp_path, "full", *common)
     resumed = tmp_path / "resumed"
     shutil.copytree(full / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
-    shutil.copy(full / "reference_logps.pt", resumed / "reference_logps.pt")
+    shutil.copy(full / "reference_logps.safetensors", resumed / "reference_logps.safetensors")
     dpo(tmp_path, "resumed", *common, "checkpoint.resume_from=latest")
     a = load_file(str(full / "model" / "model.safetensors"))
     b = load_file(str(resumed / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_copy_reference_is_evaluated_under_the_policy_precision(tmp_path):
+    # lr 0 keeps the policy at its initial weights, which the copy holds too: under bf16 (autocast
+    # on CPU) the evaluation's implicit rewards are exactly 0 only if both run under autocast.
+    summary, _ = dpo(
+        tmp_path, "bf16", "max_steps=1", "optim.lr=0.0", "precision.mixed_precision=bf16", "reference=copy"
+    )
+    assert summary["mixed_precision"] == "bf16" and summary["reference"] == "copy"
+    assert summary["eval_rewards_chosen"] == 0.0 and summary["eval_rewards_rejected"] == 0.0
+    assert summary["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)  # ln 2 in float32

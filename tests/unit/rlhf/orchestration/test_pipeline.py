@@ -122,3 +122,13 @@ def test_cli_without_config_and_help_config(capsys):
     assert main(["--help-config"]) == 0
     out = capsys.readouterr().out
     assert "eval.seeds (list[int]" in out and "from_sft" in out
+
+
+def test_a_stopped_stage_is_not_done_even_beside_an_older_model(tmp_path):
+    from rlhf.orchestration.pipeline import is_done
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "summary.json").write_text(json.dumps({"stage": "sft", "status": "finished"}))
+    assert is_done(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps({"stage": "sft", "status": "stopped"}))
+    assert not is_done(tmp_path)
