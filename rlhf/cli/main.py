@@ -74,8 +74,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as err:  # OSError: a model folder that does not exist
         print(f"rlhf {args.command}: {err}", file=sys.stderr)
         return 2
-    run_function(args.command)(cfg)
+    from rlhf.runtime.errors import RUN_ERRORS, describe_run_error
+    from rlhf.stages.stopped import RunStopped
+
+    try:
+        run_function(args.command)(cfg)
+    except RunStopped as stopped:  # a non-finite value: the stage kept what was good and says why
+        if launched_as_main():  # every process of a launch stops alike; one says so
+            print(f"rlhf {args.command}: {stopped}", file=sys.stderr)
+        return RunStopped.EXIT_CODE
+    except ConfigError as err:  # a choice the engine of this launch cannot honour (known at start)
+        print(f"rlhf {args.command}: {err}", file=sys.stderr)
+        return 2
+    except RUN_ERRORS as err:
+        print(f"rlhf {args.command}: {describe_run_error(err)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def launched_as_main() -> bool:
+    from rlhf.runtime.backend import launched_as_main as is_main
+
+    return is_main()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.config.loader import ConfigError, describe, load_config
     from rlhf.orchestration.pipeline import PipelineError, describe_plan, plan, run
     from rlhf.orchestration.pipeline_config import PipelineConfig
+    from rlhf.runtime.errors import RUN_ERRORS, describe_run_error
+    from rlhf.stages.stopped import RunStopped
 
     if args.help_config:
         print(describe(PipelineConfig))
@@ -55,8 +57,17 @@ def main(argv: list[str] | None = None) -> int:
             print(describe_plan(plan(cfg, source)))
             return 0
         run(cfg, source)
+    except RunStopped as stopped:  # the stage stopped on a non-finite value; later stages do not run
+        from rlhf.runtime.backend import launched_as_main
+
+        if launched_as_main():
+            print(f"rlhf pipeline: stage {stopped.stage} {stopped}", file=sys.stderr)
+        return RunStopped.EXIT_CODE
     except (ConfigError, PipelineError) as err:
         print(f"rlhf pipeline: {err}", file=sys.stderr)
+        return 2
+    except RUN_ERRORS as err:
+        print(f"rlhf pipeline: {describe_run_error(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf.config.loader import ConfigError, describe, load_config
     from rlhf.orchestration.pipeline import PipelineError
     from rlhf.orchestration.sweep import SweepConfig, run, trial_params
+    from rlhf.stages.stopped import RunStopped
 
     if args.help_config:
         print(describe(SweepConfig))
@@ -38,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"trial-{number:03d}: {params}")
             return 0
         run(cfg)
+    except RunStopped as stopped:  # a trial's stage stopped on a non-finite value; later trials do not run
+        from rlhf.runtime.backend import launched_as_main
+
+        if launched_as_main():
+            print(f"rlhf sweep: stage {stopped.stage} {stopped}", file=sys.stderr)
+        return RunStopped.EXIT_CODE
     except (ConfigError, PipelineError) as err:
         print(f"rlhf sweep: {err}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional
 
 from rlhf.config.loader import ConfigError, load_config, merge, param, to_dict
 from rlhf.stages.registry import STAGE_ORDER, config_class, run_function
+from rlhf.stages.stopped import RunStopped
 
 COMMANDS = ("pipeline", *STAGE_ORDER)
 
@@ -144,6 +145,11 @@ def _run_trial(cfg: SweepConfig, name: str, params: dict[str, Any]) -> Path:
     return folder
 
 
+def _stopped_row(name: str, params: dict[str, Any], stopped: RunStopped) -> dict[str, Any]:
+    values = {k: v for k, v in params.items() if k != "stages"}
+    return {"trial": name, "label": _label(params), **values, "status": f"stopped at step {stopped.step}"}
+
+
 def trial_rows(cfg: SweepConfig, name: str, params: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
     """Table rows of a finished trial: one per evaluated policy (pipeline) or one (stage)."""
     base = {"trial": name, "label": _label(params), **{k: v for k, v in params.items() if k != "stages"}}
@@ -207,14 +213,21 @@ def run(cfg: SweepConfig) -> dict:
             name = f"trial-{number:03d}"
             if main:
                 print(f"\n=== sweep {out}: {name} of {len(trials)}: {_label(params) or 'fixed keys only'}", flush=True)
-            folder = _run_trial(cfg, name, params)
+            try:
+                folder = _run_trial(cfg, name, params)
+            except RunStopped as stopped:  # a diverged trial is a result of the sweep, not its end
+                if main:
+                    print(f"sweep: {name} stopped: {stopped.reason}", flush=True)
+                    rows.append(_stopped_row(name, params, stopped))
+                continue
             if main:
                 rows += trial_rows(cfg, name, params, folder)
     if not main:
         return {}
     swept = list(dict.fromkeys(k for p in trials for k in p if k != "stages"))
     metrics = ["judge", "reward", "win_rate", "kl", "length", "eos_rate"] if cfg.command == "pipeline" else []
-    keys = swept + [m for m in metrics if m != cfg.metric] + [cfg.metric]
+    keys = swept + [m for m in metrics if m != cfg.metric] + [cfg.metric] + ["status"]
+    stopped = [row for row in rows if row.get("status", "").startswith("stopped")]
     best = best_index(rows, cfg.metric, cfg.mode)
     # a baseline policy shared by the trials (one SFT run) is shown once
     shown, paths = [], set()
@@ -234,9 +247,11 @@ def run(cfg: SweepConfig) -> dict:
         if best is not None
         else f"No trial reported {cfg.metric!r}.\n"
     )
+    if stopped:
+        best_line += f"{len(stopped)} of {len(trials)} trial(s) stopped on a non-finite value (status column).\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text + "\n" + best_line, encoding="utf-8")
-    record = {"config": to_dict(cfg), "trials": trials, "rows": rows, "best": best}
+    record = {"config": to_dict(cfg), "trials": trials, "rows": rows, "best": best, "stopped": len(stopped)}
     frontier = _frontier(cfg, rows, out)
     if frontier:
         record["frontier_png"] = str(frontier)

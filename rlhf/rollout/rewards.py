@@ -63,7 +63,19 @@ class Scorer:
         self.weights = list(weights) if weights else [1.0] * len(self.sources)
 
     def score(self, prompts: Sequence, responses: Sequence[str]) -> torch.Tensor:
-        total = torch.zeros(len(responses))
-        for weight, (_, source) in zip(self.weights, self.sources):
-            total += weight * torch.tensor(source(list(prompts), list(responses)), dtype=torch.float32)
+        return self.combine(self.score_by_source(prompts, responses))
+
+    def score_by_source(self, prompts: Sequence, responses: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Each source's unweighted scores [B] by its name ('reward_model:PATH' or 'module:function'),
+        so that a bad score can be traced to the source that gave it."""
+        return {
+            name: torch.tensor(source(list(prompts), list(responses)), dtype=torch.float32)
+            for name, source in self.sources
+        }
+
+    def combine(self, by_source: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted sum [B] of :meth:`score_by_source`'s scores."""
+        total = torch.zeros(len(next(iter(by_source.values()))))
+        for weight, (name, _) in zip(self.weights, self.sources):
+            total += weight * by_source[name]
         return total

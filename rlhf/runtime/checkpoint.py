@@ -79,7 +79,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise StateFileError(file, "is missing")
         if file.stat().st_size != size:
             raise StateFileError(file, f"has {file.stat().st_size} bytes, {size} were written (truncated?)")
-        if file.suffix == ".safetensors":
+        if file.suffix in (".safetensors", ".pt"):  # .pt: DeepSpeed's names for our state files
             _check_header(file)
     return state
 

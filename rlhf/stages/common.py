@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -10,15 +11,25 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from preference_data.sampling import batched, mixture_stream
+from rlhf.config.diff import RESUME_SAFE, config_changes, shown
 from rlhf.config.loader import save_config, to_dict
+from rlhf.models.fingerprint import write_fingerprint
 from rlhf.models.loading import save_model
+from rlhf.runtime import run_folder
 from rlhf.runtime.backend import Backend
-from rlhf.runtime.checkpoint import load_checkpoint, resolve_resume
+from rlhf.runtime.checkpoint import CheckpointError, load_checkpoint, resolve_resume, verify_checkpoint
 from rlhf.runtime.tracking import Tracker
+from rlhf.stages.inputs import input_fingerprints
+
+
+def stage_name(cfg) -> str:
+    """'sft', 'rm', 'dpo' or 'ppo', from the config's class (SFTConfig -> 'sft')."""
+    return type(cfg).__name__.removesuffix("Config").lower()
 
 
 def start(cfg) -> Backend:
-    """The backend for a stage config, with the output folder and resolved config written."""
+    """The backend for a stage config, once the output folder is this run's: checked (see
+    :mod:`rlhf.runtime.run_folder`), locked, and holding the run file and resolved config."""
     from transformers.utils import logging as hf_logging
 
     from rlhf.models.loading import check_model_path
@@ -32,9 +43,31 @@ def start(cfg) -> Backend:
         micro_batch_size=cfg.batch.micro_batch_size,
         max_grad_norm=cfg.optim.max_grad_norm,
     )
+    stage = stage_name(cfg)
+    inputs = input_fingerprints(cfg)
+    # Every process reads the folder before any writes, so all decide alike (or all raise).
+    action = run_folder.check_run_folder(
+        cfg.output_dir,
+        stage,
+        to_dict(cfg),
+        resume=bool(cfg.checkpoint.resume_from),
+        overwrite=cfg.overwrite,
+        inputs=inputs,
+    )
+    backend.barrier()
+    locked = run_folder.acquire_lock(cfg.output_dir) if backend.is_main else True
+    if backend.all_reduce_sum(0.0 if locked else 1.0).item() > 0:
+        raise run_folder.RunFolderError(
+            f"output_dir {cfg.output_dir} is in use by another run (process "
+            f"{run_folder.lock_holder(cfg.output_dir)}); wait for it to end or choose another output_dir"
+        )
     if backend.is_main:
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        if action == "replace":
+            run_folder.replace_run(cfg.output_dir)
+        run_folder.write_run_file(cfg.output_dir, stage, inputs)
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+        backend.at_end(lambda: run_folder.release_lock(cfg.output_dir))
+    backend.barrier()
     return backend
 
 
@@ -46,10 +79,22 @@ def total_steps(cfg, rows: int, global_batch: int) -> int:
 
 
 def resume(cfg, backend: Backend) -> tuple[int, Path | None]:
-    """(first step to run from, checkpoint used) after restoring the backend state if asked."""
+    """(first step to run from, checkpoint used) after restoring the backend state if asked.
+
+    The checkpoint must have been made with the same training keys as ``cfg`` (those in
+    :data:`rlhf.config.diff.RESUME_SAFE` may differ); otherwise the run stops with the diff."""
     path = resolve_resume(cfg.checkpoint.resume_from, cfg.output_dir)
     if path is None:
         return 0, None
+    saved = verify_checkpoint(path).get("config")
+    if isinstance(saved, dict):
+        changes = config_changes(saved, to_dict(cfg), RESUME_SAFE)
+        if changes:
+            raise CheckpointError(
+                f"checkpoint {path} was made with another config ({shown(changes)}); resuming would "
+                "continue with the checkpoint's state under the new keys. Put the keys back, or start "
+                "afresh with overwrite=true"
+            )
     return int(load_checkpoint(backend, path)["step"]), path
 
 
@@ -82,11 +127,19 @@ def run_facts(backend: Backend, started: float) -> dict:
 
 
 def write_folder_atomically(backend: Backend, folder: Path, write: Callable[[Path], None]) -> Path:
-    """Main process writes into a temporary sibling, then renames it into place; all processes wait."""
+    """Main process writes into a temporary sibling, records its content fingerprint in it
+    (``fingerprint.json``, see ``rlhf.models.fingerprint``), then renames it into place; all
+    processes wait."""
     tmp = folder.with_name(f".tmp-{folder.name}")
     if backend.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as err:  # safetensors' and torch's writers report a full disk in their own words
+            if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
+                raise OSError(errno.ENOSPC, f"no space left on device while writing {tmp}") from err
+            raise
+        write_fingerprint(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

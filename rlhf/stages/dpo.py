@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 
@@ -33,9 +33,10 @@ from rlhf.math.losses import dpo_loss
 from rlhf.math.ops import shift_labels, token_logprobs
 from rlhf.models.adapt import apply_adaptation, count_parameters, disable_dropout
 from rlhf.models.loading import load_causal_lm, load_tokenizer
-from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.runtime.optim import build_optimizer
-from rlhf.stages import common
+from rlhf.stages import common, dpo_reference
+from rlhf.stages.inputs import input_fingerprints
+from rlhf.stages.nonfinite import NonFiniteGuard
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,23 @@ class DPOLossConfig:
     beta: float = param(0.1, "Strength of the KL constraint to the reference (inverse temperature).")
     loss_type: Literal["sigmoid", "ipo", "hinge"] = param("sigmoid", "DPO, IPO or SLiC-style hinge.")
     label_smoothing: float = param(0.0, "sigmoid: assumed label-noise rate (conservative DPO).")
-    length_normalize: bool = param(False, "Average log-probs over response tokens instead of summing.")
+    length_normalize: Union[bool, Literal["auto"]] = param(
+        "auto",
+        "Average log-probs over response tokens instead of summing them. auto = true for ipo (its "
+        "target 1/(2 beta) would otherwise depend on the response lengths, as in the IPO paper and "
+        "TRL), false for sigmoid and hinge; true / false are used as given.",
+    )
     sft_weight: float = param(
         0.0,
         "Weight of an added NLL term on the chosen replies (per-token mean; RPO, Pang et al. 2024): "
         "keeps the chosen replies likely while DPO widens the margin.",
     )
+
+    def resolved_length_normalize(self) -> bool:
+        """``length_normalize`` with auto made concrete: true for ipo, false otherwise."""
+        if self.length_normalize == "auto":
+            return self.loss_type == "ipo"
+        return bool(self.length_normalize)
 
 
 @dataclass(frozen=True)
@@ -199,18 +211,24 @@ def _reference_logps(model, pairs, backend, micro: int, pad_id: int, length_norm
 
 
 def _reference_cache(cfg: DPOConfig, model, train, evaluation, backend, pad_id: int) -> dict[str, torch.Tensor]:
-    """Reference log-probs from the initial policy, cached in the output folder for resumes."""
-    path = Path(cfg.output_dir) / "reference_logps.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    micro, normalize = cfg.batch.micro_batch_size, cfg.dpo.length_normalize
+    """Reference log-probs from the initial policy, cached in the output folder for resumes and
+    reused only when made by the same reference, pairs and settings (see ``dpo_reference``)."""
+    path = Path(cfg.output_dir) / dpo_reference.FILE_NAME
+    made_with = dpo_reference.fingerprint(
+        cfg, train, evaluation, pad_id=pad_id, mixed_precision=backend.mixed_precision
+    )
+    cache, why = dpo_reference.load(path, made_with, {"train": len(train), "eval": len(evaluation)})
+    if cache is not None:
+        return cache
+    if why and backend.is_main:
+        print(f"dpo: reference log-probs cache not used, recomputing: {why}", flush=True)
+    micro, normalize = cfg.batch.micro_batch_size, cfg.dpo.resolved_length_normalize()
     cache = {
         "train": _reference_logps(model, train, backend, micro, pad_id, normalize),
         "eval": _reference_logps(model, evaluation, backend, micro, pad_id, normalize),
     }
     if backend.is_main:
-        torch.save(cache, str(path) + ".tmp")
-        Path(str(path) + ".tmp").replace(path)
+        dpo_reference.save(path, cache, made_with)
     backend.barrier()
     return cache
 
@@ -226,16 +244,22 @@ def _reference_for(pairs, split: str, cfg: DPOConfig, cache, reference_model, po
         return zeros, zeros
     with torch.no_grad():
         if cfg.resolved_reference() == "copy":
-            chosen, rejected, _, _ = _sequence_logps(reference_model, pairs, pad_id, device, cfg.dpo.length_normalize)
+            # Under the policy's autocast also outside backend.accumulate (in evaluate).
+            with backend.autocast():
+                chosen, rejected, _, _ = _sequence_logps(
+                    reference_model, pairs, pad_id, device, cfg.dpo.resolved_length_normalize()
+                )
         else:
             with backend.unwrap(policy).disable_adapter():
-                chosen, rejected, _, _ = _sequence_logps(policy, pairs, pad_id, device, cfg.dpo.length_normalize)
+                chosen, rejected, _, _ = _sequence_logps(
+                    policy, pairs, pad_id, device, cfg.dpo.resolved_length_normalize()
+                )
     return chosen.float(), rejected.float()
 
 
 def _step_loss(cfg, policy, pairs, split, cache, reference_model, backend, pad_id, normalizer):
     chosen, rejected, tokens, chosen_nll = _sequence_logps(
-        policy, pairs, pad_id, backend.device, cfg.dpo.length_normalize
+        policy, pairs, pad_id, backend.device, cfg.dpo.resolved_length_normalize()
     )
     ref_chosen, ref_rejected = _reference_for(pairs, split, cfg, cache, reference_model, policy, backend, pad_id)
     loss, metrics = dpo_loss(
@@ -285,6 +309,7 @@ def evaluate(cfg, policy, pairs, cache, reference_model, backend, pad_id) -> dic
 def run(cfg: DPOConfig) -> dict:
     started = time.time()
     backend = common.start(cfg)
+    guard = NonFiniteGuard(cfg, backend, "dpo")
 
     # Setup: policy (dropout off), reference, data, optimizer, resume.
     tokenizer = load_tokenizer(cfg.model)
@@ -306,6 +331,7 @@ def run(cfg: DPOConfig) -> dict:
         cache = _reference_cache(cfg, policy, train, evaluation, backend, pad_id)
     start_step, resume = common.resume(cfg, backend)
     tracker = common.tracker(cfg, backend, steps=max_steps, start_step=start_step, stage="dpo")
+    guard.begin(policy, tracker, resume, started=started, plot_keys=("loss", "accuracy", "margins", "eval_accuracy"))
     tracker.write(report.summary())
     tracker.write(
         f"dpo: {len(train)} training pairs, {len(evaluation)} eval pairs; reference {cfg.resolved_reference()}; "
@@ -321,21 +347,24 @@ def run(cfg: DPOConfig) -> dict:
         step_start = time.time()
         pairs = next(batches)
         sums = dict.fromkeys(("loss", "tokens", *METRICS), 0.0)  # metrics weighted by the pairs they cover
+        objective = 0.0  # what was back-propagated (the DPO loss plus the sft_weight term)
         for chunk in common.micro_batches(pairs, backend, micro, cfg.batch.grad_accum):
             with backend.accumulate(policy):
                 loss, metrics, tokens = _step_loss(
                     cfg, policy, chunk, "train", cache, reference_model, backend, pad_id, normalizer=len(pairs)
                 )
                 backend.backward(loss)
+            objective += float(loss.detach())
             sums["loss"] += float(metrics["dpo_loss"])
             sums["tokens"] += tokens
             for key in METRICS:
                 sums[key] += float(metrics[key]) * len(chunk)
-        grad_norm = backend.optimizer_step(policy, optimizer)
-        scheduler.step()
+        grad_norm, stepped = guard.optimizer_step(step, policy, optimizer, scheduler, objective)
         totals = backend.all_reduce_sums(sums)
         elapsed = time.time() - step_start
-        if step % cfg.tracking.log_every == 0 or step == max_steps or step == 1:
+        if not stepped:
+            tracker.log(step, guard.counts())
+        elif step % cfg.tracking.log_every == 0 or step == max_steps or step == 1:
             tracker.log(
                 step,
                 {
@@ -345,20 +374,17 @@ def run(cfg: DPOConfig) -> dict:
                     **{key: totals[key] / len(pairs) for key in METRICS},
                     "tokens_per_s": totals["tokens"] / max(elapsed, 1e-9),
                     "step_time_s": elapsed,
+                    **guard.counts(),
                 },
             )
         if cfg.eval_steps and step % cfg.eval_steps == 0 and step != max_steps:
             tracker.log(step, evaluate(cfg, policy, evaluation, cache, reference_model, backend, pad_id))
         if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != max_steps:
-            save_checkpoint(
-                backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last
-            )
+            guard.save_checkpoint(step, policy, {"data_position": step * global_batch})
         tracker.advance()
 
-    # Save: checkpoint, eval, and the policy as a save_pretrained folder.
-    save_checkpoint(
-        backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last
-    )
+    # Save: checkpoint (parameters checked), eval, and the policy as a save_pretrained folder.
+    guard.save_checkpoint(max_steps, policy, {"data_position": max_steps * global_batch})
     last_eval = evaluate(cfg, policy, evaluation, cache, reference_model, backend, pad_id)
     if last_eval:
         tracker.log(max_steps, last_eval)
@@ -368,11 +394,13 @@ def run(cfg: DPOConfig) -> dict:
     history = [r for r in tracker.history if "loss" in r]
     summary = {
         "stage": "dpo",
+        **guard.finished(),
         "steps": max_steps,
         "first_loss": history[0]["loss"] if history and start_step == 0 else None,
         "final_loss": history[-1]["loss"] if history else None,
         **last_eval,
         "model_dir": str(model_dir),
+        "inputs": input_fingerprints(cfg),  # what it was trained from (the pipeline compares)
         "reference": cfg.resolved_reference(),
         "trainable_parameters": trainable,
         "total_parameters": total,

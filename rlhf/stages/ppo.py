@@ -24,9 +24,11 @@ from rlhf.models.loading import check_model_path, load_causal_lm, load_tokenizer
 from rlhf.rollout.actor_critic import ActorCritic, forward_samples, load_critic
 from rlhf.rollout.rewards import Scorer
 from rlhf.rollout.sampling import SamplingConfig
-from rlhf.runtime.checkpoint import read_checkpoint_state, save_checkpoint
+from rlhf.runtime.checkpoint import read_checkpoint_state
 from rlhf.runtime.optim import build_optimizer
 from rlhf.stages import common
+from rlhf.stages.inputs import input_fingerprints
+from rlhf.stages.nonfinite import NonFiniteGuard
 from rlhf.stages.ppo_config import PPOConfig
 from rlhf.stages.ppo_rollout import Rollout, global_whiten, load_prompts, sample_and_score
 
@@ -41,6 +43,9 @@ def _save_policy(backend, model, tokenizer, folder: Path, merge: bool) -> Path:
         backend, folder, lambda tmp: save_model(policy, tokenizer, tmp, merge=merge, state_dict=policy_state)
     )
 
+
+PLOT_KEYS = ("score", "kl", "policy_loss", "value_loss", "entropy", "eos_rate")
+UPDATE_METRICS = ("policy_loss", "value_loss", "entropy", "clipfrac", "vf_clipfrac", "approx_kl")
 
 # The update's sums over micro-batches and processes, by name: losses and token counts.
 UPDATE_SUMS = (
@@ -77,6 +82,7 @@ class _Run:
     trainable: int
     total: int
     started: float
+    guard: NonFiniteGuard
 
 
 def run(cfg: PPOConfig) -> dict:
@@ -98,6 +104,7 @@ def _setup(cfg: PPOConfig) -> _Run:
         if name:
             check_model_path(name, key)
     backend = common.start(cfg)
+    guard = NonFiniteGuard(cfg, backend, "ppo", rollouts=True)
     world = backend.world_size
     mini_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * world
     if cfg.rollout.batch_size % mini_batch:
@@ -107,9 +114,9 @@ def _setup(cfg: PPOConfig) -> _Run:
         )
 
     tokenizer = load_tokenizer(cfg.model)
-    policy = disable_dropout(load_causal_lm(cfg.model))
+    # Dropout off after adaptation, which adds dropout of its own (LoRA's lora_dropout).
+    policy = disable_dropout(apply_adaptation(load_causal_lm(cfg.model), cfg.model.adapt))
     reference_mode = cfg.resolved_reference()
-    policy = apply_adaptation(policy, cfg.model.adapt)
     critic = load_critic(
         cfg.critic.init_from or cfg.model.name_or_path,
         cfg.critic.adapt,
@@ -142,6 +149,7 @@ def _setup(cfg: PPOConfig) -> _Run:
     if resume is not None:
         kl_ctl.load_state_dict(read_checkpoint_state(resume)["kl_controller"])
     tracker = common.tracker(cfg, backend, steps=cfg.max_steps, start_step=start_step, stage="ppo")
+    guard.begin(model, tracker, resume, started=started, plot_keys=PLOT_KEYS)
     tracker.write(report.summary())
     tracker.write(
         f"ppo: {len(prompts)} prompts; reference {reference_mode}; critic from "
@@ -173,6 +181,7 @@ def _setup(cfg: PPOConfig) -> _Run:
         trainable,
         total,
         started,
+        guard,
     )
 
 
@@ -185,7 +194,7 @@ def _step(r: _Run, step: int) -> None:
 
     # Step 3: per-token rewards (KL penalty, score at the last real token) and advantages.
     update_start = time.time()
-    kl_tokens = kl_penalty(rollout.old_logps, rollout.ref_logps, cfg.kl.estimator) * mask
+    kl_tokens = kl_penalty(rollout.old_logps, rollout.ref_logps, cfg.kl.estimator, mask=mask)
     non_score = torch.zeros_like(mask) if cfg.kl.in_loss else -r.kl_ctl.value * kl_tokens
     last = (mask.sum(-1).long() - 1).clamp(min=0)
     rewards = non_score.clone()
@@ -193,6 +202,14 @@ def _step(r: _Run, step: int) -> None:
     advantages, returns = gae(rewards, rollout.old_values, mask, cfg.ppo.gamma, cfg.ppo.lam)
     if cfg.ppo.whiten_advantages:
         advantages = global_whiten(advantages, mask, backend)
+    valid = mask.bool()
+    checks = {f"score from {name}": scores for name, scores in rollout.source_scores.items()}
+    checks.update({"score": rollout.scores, "kl": kl_tokens[valid], "advantages": advantages[valid]})
+    # Logits that were NaN / inf while sampling (the samples then came from a uniform stand-in).
+    checks["policy logits while sampling"] = torch.tensor(float("nan") if rollout.samples.nonfinite_logits else 0.0)
+    if not r.guard.check_rollout(step, checks):  # stops the run, or drops this step (no update)
+        r.tracker.log(step, r.guard.counts())
+        return
 
     # Step 4: PPO epochs over shuffled mini-batches.
     update, updates, epochs_run = _update(r, step, rollout, advantages, returns)
@@ -204,7 +221,7 @@ def _step(r: _Run, step: int) -> None:
         {
             "score": float(rollout.raw_scores.double().sum()),
             "kl": float((old_logps - ref_logps).mul(mask).sum(-1).double().sum()),
-            "kl_k3": float(kl_penalty(old_logps, ref_logps, "k3").mul(mask).sum(-1).double().sum()),
+            "kl_k3": float(kl_penalty(old_logps, ref_logps, "k3", mask=mask).sum(-1).double().sum()),
             "non_score_reward": float(non_score.sum().double()),
             "response_tokens": float(mask.sum().double()),
             "ended": float(rollout.samples.ended.double().sum()),
@@ -237,10 +254,14 @@ def _step(r: _Run, step: int) -> None:
         "update_s": update_s,
         "tokens_per_s": sums["response_tokens"] / max(rollout.seconds + update_s, 1e-9),
         "lr": r.scheduler.get_last_lr()[0],
+        **r.guard.counts(),
     }
-    # "loss" drives the progress bar's readout: the PPO objective of the last epochs.
+    if update["tokens"] == 0:  # every update of the step was dropped (nonfinite.policy=skip): no losses
+        metrics = {key: value for key, value in metrics.items() if key not in UPDATE_METRICS}
+    else:  # "loss" drives the progress bar's readout: the PPO objective of the last epochs.
+        metrics = {"loss": metrics["policy_loss"] + cfg.ppo.vf_coef * metrics["value_loss"], **metrics}
     if step % cfg.tracking.log_every == 0 or step in (1, cfg.max_steps):  # step 1 is the summary's first_score
-        r.tracker.log(step, {"loss": metrics["policy_loss"] + cfg.ppo.vf_coef * metrics["value_loss"], **metrics})
+        r.tracker.log(step, metrics)
     if cfg.rollout.log_samples_every and (step % cfg.rollout.log_samples_every == 0 or step == 1):
         rows = zip(rollout.prompts, rollout.samples.texts, rollout.raw_scores.tolist())
         r.tracker.log_samples(
@@ -260,13 +281,15 @@ def _update(r: _Run, step: int, rollout: Rollout, advantages, returns) -> tuple[
     order_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, step, backend.rank, 1))
     sums = dict.fromkeys(UPDATE_SUMS, 0.0)
     local_mini = micro * cfg.batch.grad_accum
-    updates = epochs_run = 0
+    updates = epochs_run = attempts = 0
     for _ in range(cfg.ppo.epochs):
         epoch_kl = {"approx_kl_tokens": 0.0, "tokens": 0.0}
         order = torch.randperm(r.per_process, generator=order_rng).tolist()
         for start in range(0, r.per_process, local_mini):
             rows = order[start : start + local_mini]
             normalizer = float(backend.all_reduce_sum(mask[rows].sum()))
+            mini = dict.fromkeys(UPDATE_SUMS, 0.0)  # this mini-batch's sums, kept if its update is applied
+            objective = 0.0  # what was back-propagated, checked for finiteness
             for m in range(0, local_mini, micro):
                 idx = rows[m : m + micro]
                 chunk = rollout.samples.subset(idx)
@@ -293,23 +316,28 @@ def _update(r: _Run, step: int, rollout: Rollout, advantages, returns) -> tuple[
                         entropy = masked_sum(entropy_from_logits(logits), mask[idx]) / normalizer
                     loss = pg + cfg.ppo.vf_coef * vf - cfg.ppo.entropy_coef * entropy
                     if cfg.kl.in_loss:
-                        kl = masked_sum(kl_penalty(logps, rollout.ref_logps[idx], "k3"), mask[idx]) / normalizer
+                        # logps are not masked: pad positions after EOS must not reach the exponential.
+                        k3 = kl_penalty(logps, rollout.ref_logps[idx], "k3", mask=mask[idx])
+                        kl = masked_sum(k3, mask[idx]) / normalizer
                         loss = loss + r.kl_ctl.value * kl
                     backend.backward(loss)
+                objective += float(loss.detach())
                 tokens = float(pg_m["tokens"])
-                approx_kl_tokens = float(pg_m["approx_kl"]) * tokens
-                sums["policy_loss"] += float(pg.detach())
-                sums["value_loss"] += float(vf.detach())
-                sums["entropy"] += float(entropy.detach())
-                sums["clipped_tokens"] += float(pg_m["clipped_tokens"])
-                sums["vf_clipped_tokens"] += float(vf_m["vf_clipped_tokens"])
-                sums["approx_kl_tokens"] += approx_kl_tokens
-                sums["tokens"] += tokens
-                epoch_kl["approx_kl_tokens"] += approx_kl_tokens
-                epoch_kl["tokens"] += tokens
-            backend.optimizer_step(model, r.optimizer)
-            r.scheduler.step()
-            updates += 1
+                mini["policy_loss"] += float(pg.detach())
+                mini["value_loss"] += float(vf.detach())
+                mini["entropy"] += float(entropy.detach())
+                mini["clipped_tokens"] += float(pg_m["clipped_tokens"])
+                mini["vf_clipped_tokens"] += float(vf_m["vf_clipped_tokens"])
+                mini["approx_kl_tokens"] += float(pg_m["approx_kl"]) * tokens
+                mini["tokens"] += tokens
+            attempts += 1
+            _, stepped = r.guard.optimizer_step(
+                step, model, r.optimizer, r.scheduler, objective, where=f" (update {attempts})"
+            )
+            if stepped:
+                updates += 1
+                sums = {key: sums[key] + mini[key] for key in UPDATE_SUMS}
+                epoch_kl = {key: epoch_kl[key] + mini[key] for key in epoch_kl}
         epochs_run += 1
         epoch_kl = backend.all_reduce_sums(epoch_kl)
         if (
@@ -321,9 +349,7 @@ def _update(r: _Run, step: int, rollout: Rollout, advantages, returns) -> tuple[
 
 
 def _checkpoint(r: _Run, step: int) -> None:
-    save_checkpoint(
-        r.backend, r.cfg.output_dir, step, {"kl_controller": r.kl_ctl.state_dict()}, r.cfg.checkpoint.keep_last
-    )
+    r.guard.save_checkpoint(step, r.model, {"kl_controller": r.kl_ctl.state_dict()})
 
 
 def _save(r: _Run) -> dict:
@@ -334,11 +360,13 @@ def _save(r: _Run) -> dict:
     history = [row for row in r.tracker.history if "score" in row]
     summary = {
         "stage": "ppo",
+        **r.guard.finished(),
         "steps": cfg.max_steps,
         "first_score": history[0]["score"] if history and r.start_step == 0 else None,
         "final_score": history[-1]["score"] if history else None,
         "final_kl": history[-1]["kl"] if history else None,
         "model_dir": str(model_dir),
+        "inputs": input_fingerprints(cfg),  # what it was trained from (the pipeline compares)
         "reference": r.reference_mode,
         "trainable_parameters": r.trainable,
         "total_parameters": r.total,
@@ -346,6 +374,6 @@ def _save(r: _Run) -> dict:
         "data": r.report.to_dict(),
         **common.run_facts(backend, r.started),
     }
-    r.tracker.finish(summary, plot_keys=("score", "kl", "policy_loss", "value_loss", "entropy", "eos_rate"))
+    r.tracker.finish(summary, plot_keys=PLOT_KEYS)
     backend.end()
     return summary

@@ -24,11 +24,13 @@ from reward_models.model import load_reward_model, save_reward_model
 from rlhf.config.loader import param
 from rlhf.config.sections import DatasetStageConfig
 from rlhf.models.adapt import count_parameters
+from rlhf.models.fingerprint import write_fingerprint
 from rlhf.models.loading import load_tokenizer
-from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.runtime.optim import build_optimizer
 from rlhf.runtime.tracking import plot_histogram
 from rlhf.stages import common
+from rlhf.stages.inputs import input_fingerprints
+from rlhf.stages.nonfinite import NonFiniteGuard
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ def run(cfg: RMConfig) -> dict:
     started = time.time()
     out = Path(cfg.output_dir)
     backend = common.start(cfg)
+    guard = NonFiniteGuard(cfg, backend, "rm")
 
     # Setup: tokenizer, reward model, data, optimizer, resume.
     tokenizer = load_tokenizer(cfg.model)
@@ -211,6 +214,7 @@ def run(cfg: RMConfig) -> dict:
     model, optimizer = backend.prepare(model, optimizer, scheduler)
     start_step, resume = common.resume(cfg, backend)
     tracker = common.tracker(cfg, backend, steps=max_steps, start_step=start_step, stage="rm")
+    guard.begin(model, tracker, resume, started=started, plot_keys=("loss", "train_accuracy", "eval_accuracy"))
     tracker.write(report.summary())
     tracker.write(
         f"rm: {len(train)} training groups ({cfg.data.kind}), {len(eval_groups)} eval groups; "
@@ -245,17 +249,19 @@ def run(cfg: RMConfig) -> dict:
             sums["loss"] += float(loss.detach())
             sums["correct_pairs"] += float(info.get("accuracy", 0.0)) * pairs
             sums["pairs"] += pairs
-        grad_norm = backend.optimizer_step(model, optimizer)
-        scheduler.step()
+        grad_norm, stepped = guard.optimizer_step(step, model, optimizer, scheduler, sums["loss"])
         totals = backend.all_reduce_sums(sums)
         pairs = totals["pairs"]
-        if step % cfg.tracking.log_every == 0 or step == max_steps:
+        if not stepped:
+            tracker.log(step, guard.counts())
+        elif step % cfg.tracking.log_every == 0 or step == max_steps:
             row = {
                 "loss": totals["loss"],
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,
                 "sequences_per_s": responses / max(time.time() - step_start, 1e-9),
                 "step_time_s": time.time() - step_start,
+                **guard.counts(),
             }
             if pairs:
                 row["train_accuracy"] = totals["correct_pairs"] / pairs
@@ -264,15 +270,11 @@ def run(cfg: RMConfig) -> dict:
             result, _ = evaluate(model, eval_groups, backend, micro, pad_id)
             tracker.log(step, {k: v for k, v in result.items() if k != "calibration"})
         if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != max_steps:
-            save_checkpoint(
-                backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last
-            )
+            guard.save_checkpoint(step, model, {"data_position": step * global_batch})
         tracker.advance()
 
-    # Save: checkpoint, eval, the model folder, then the normalisation fitted with the saved model.
-    save_checkpoint(
-        backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last
-    )
+    # Save: checkpoint (parameters checked), eval, the model folder, then the normalisation fitted with it.
+    guard.save_checkpoint(max_steps, model, {"data_position": max_steps * global_batch})
     result, margins = evaluate(model, eval_groups, backend, micro, pad_id)
     if result:
         tracker.log(max_steps, {k: v for k, v in result.items() if k != "calibration"})
@@ -293,11 +295,13 @@ def run(cfg: RMConfig) -> dict:
     final = [r for r in tracker.history if "loss" in r]
     summary = {
         "stage": "rm",
+        **guard.finished(),
         "steps": max_steps,
         "final_loss": final[-1]["loss"] if final else None,
         **result,
         "normalization": normalization,
         "model_dir": str(model_dir),
+        "inputs": input_fingerprints(cfg),  # what it was trained from (the pipeline compares)
         "trainable_parameters": trainable,
         "total_parameters": total,
         "global_batch_groups": global_batch,
@@ -319,8 +323,9 @@ def _fit_normalization(cfg: RMConfig, model_dir: Path) -> dict:
     records, _ = load_sft([cfg.normalize.data], quarantine_path=None)
     records = records[: cfg.normalize.max_examples]
     with unpartitioned_loading():  # the main process scores alone
-        scorer = RewardModel.from_pretrained(str(model_dir))
+        scorer = RewardModel.from_pretrained(str(model_dir), trust_remote_code=cfg.model.trust_remote_code)
     scores = scorer.score([list(r.prompt) for r in records], [r.completion for r in records], normalize=False)
     norm = fit_normalization(scores)
     save_normalization(str(model_dir), norm, data=cfg.normalize.data, examples=len(scores))
+    write_fingerprint(model_dir)  # the folder changed: its fingerprint covers the normalisation too
     return norm

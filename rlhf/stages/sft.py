@@ -25,9 +25,10 @@ from rlhf.math.losses import sft_loss
 from rlhf.models.adapt import apply_adaptation, count_parameters
 from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.runtime.backend import Backend
-from rlhf.runtime.checkpoint import save_checkpoint
 from rlhf.runtime.optim import build_optimizer
 from rlhf.stages import common
+from rlhf.stages.inputs import input_fingerprints
+from rlhf.stages.nonfinite import NonFiniteGuard
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ def run(cfg: SFTConfig) -> dict:
     started = time.time()
     out = Path(cfg.output_dir)
     backend = common.start(cfg)
+    guard = NonFiniteGuard(cfg, backend, "sft")
 
     # Setup: model, data, optimizer, resume.
     tokenizer = load_tokenizer(cfg.model)
@@ -159,6 +161,7 @@ def run(cfg: SFTConfig) -> dict:
     model, optimizer = backend.prepare(model, optimizer, scheduler)
     start_step, resume = common.resume(cfg, backend)
     tracker = common.tracker(cfg, backend, steps=max_steps, start_step=start_step, stage="sft")
+    guard.begin(model, tracker, resume, started=started, plot_keys=("loss", "eval_loss"))
     tracker.write(report.summary())
     tracker.write(
         f"sft: {backend.world_size} process(es), {backend.distributed_type}, precision "
@@ -175,7 +178,7 @@ def run(cfg: SFTConfig) -> dict:
         step_start = time.time()
         rows = next(batches)
         target_tokens = sum(row.num_targets for row in rows)
-        nll_sum = 0.0
+        nll_sum = loss_sum = 0.0
         for chunk in common.micro_batches(rows, backend, cfg.batch.micro_batch_size, cfg.batch.grad_accum):
             batch = collate_rows(chunk, pad_id)
             with backend.accumulate(model):
@@ -183,11 +186,13 @@ def run(cfg: SFTConfig) -> dict:
                 loss, metrics = sft_loss(logits, batch["labels"].to(backend.device), target_tokens)
                 backend.backward(loss)
             nll_sum += float(metrics["nll_sum"])
-        grad_norm = backend.optimizer_step(model, optimizer)
-        scheduler.step()
+            loss_sum += float(loss.detach())
+        grad_norm, stepped = guard.optimizer_step(step, model, optimizer, scheduler, loss_sum)
         step_loss = float(backend.all_reduce_sum(nll_sum)) / target_tokens
         elapsed = time.time() - step_start
-        if step % cfg.tracking.log_every == 0 or step == max_steps:
+        if not stepped:
+            tracker.log(step, guard.counts())
+        elif step % cfg.tracking.log_every == 0 or step == max_steps:
             tracker.log(
                 step,
                 {
@@ -197,21 +202,18 @@ def run(cfg: SFTConfig) -> dict:
                     "target_tokens": target_tokens,
                     "tokens_per_s": sum(len(r.input_ids) for r in rows) / max(elapsed, 1e-9),
                     "step_time_s": elapsed,
+                    **guard.counts(),
                 },
             )
         if cfg.eval_steps and step % cfg.eval_steps == 0 and step != max_steps:
             last_eval = evaluate(model, eval_rows, backend, cfg.batch.micro_batch_size, pad_id)
             tracker.log(step, last_eval)
         if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != max_steps:
-            save_checkpoint(
-                backend, cfg.output_dir, step, {"data_position": step * global_batch}, cfg.checkpoint.keep_last
-            )
+            guard.save_checkpoint(step, model, {"data_position": step * global_batch})
         tracker.advance()
 
-    # Save: final checkpoint (resumable), eval, and the model as a save_pretrained folder.
-    save_checkpoint(
-        backend, cfg.output_dir, max_steps, {"data_position": max_steps * global_batch}, cfg.checkpoint.keep_last
-    )
+    # Save: final checkpoint (resumable, parameters checked), eval, and the model as a save_pretrained folder.
+    guard.save_checkpoint(max_steps, model, {"data_position": max_steps * global_batch})
     last_eval = evaluate(model, eval_rows, backend, cfg.batch.micro_batch_size, pad_id)
     if last_eval:
         tracker.log(max_steps, last_eval)
@@ -219,10 +221,12 @@ def run(cfg: SFTConfig) -> dict:
     final = [r for r in tracker.history if "loss" in r]
     summary = {
         "stage": "sft",
+        **guard.finished(),
         "steps": max_steps,
         "final_loss": final[-1]["loss"] if final else None,
         **last_eval,
         "model_dir": str(model_dir),
+        "inputs": input_fingerprints(cfg),  # what it was trained from (the pipeline compares)
         "trainable_parameters": trainable,
         "total_parameters": total,
         "global_batch_rows": global_batch,
