@@ -34,6 +34,10 @@ def _ignored(key: str, ignore: Iterable[str]) -> bool:
     return any(key == v or (v.endswith(".") and key.startswith(v)) for v in ignore)
 
 
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)  # NaN == NaN
+
+
 def config_changes(saved: dict, planned: dict, ignore: Iterable[str] = ()) -> list[str]:
     """``key: old -> new`` for every key that differs, those in ``ignore`` aside (a name ending
     in '.' ignores the whole section)."""
@@ -43,7 +47,7 @@ def config_changes(saved: dict, planned: dict, ignore: Iterable[str] = ()) -> li
     for key in sorted(set(old) | set(new)):
         if _ignored(key, ignore):
             continue
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+        if not _same(old.get(key, "<absent>"), new.get(key, "<absent>")):
             changes.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
     return changes
 

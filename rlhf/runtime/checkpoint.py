@@ -19,10 +19,11 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from rlhf.runtime.safe_state import StateFileError, fsync_path, write_bytes_durably
+from rlhf.runtime.safe_state import TREE_KEY, StateFileError, fsync_path, write_bytes_durably
 
 STATE_FILE = "trainer_state.json"
 FORMAT = 2  # 1: accelerate's save_state (pickled RNG / scheduler), never loaded
@@ -81,6 +82,11 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise StateFileError(file, f"has {file.stat().st_size} bytes, {size} were written (truncated?)")
         if file.suffix in (".safetensors", ".pt"):  # .pt: DeepSpeed's names for our state files
             _check_header(file)
+        elif file.suffix == ".json":
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as err:
+                raise StateFileError(file, f"is damaged ({err})") from err
     return state
 
 
@@ -89,7 +95,7 @@ def _check_header(file: Path) -> None:
 
     try:
         with safe_open(str(file), framework="pt") as handle:
-            handle.metadata()
+            json.loads((handle.metadata() or {})[TREE_KEY])
     except Exception as err:  # safetensors raises its own error type for bad headers
         raise StateFileError(file, f"is damaged ({err})") from err
 
@@ -99,32 +105,34 @@ def _warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def resolve_resume(resume_from: str | None, output_dir: str) -> Path | None:
-    """The checkpoint to resume from: None, 'latest' (None if there is none yet) or a folder.
+def resume_candidates(resume_from: str | None, output_dir: str) -> list[Path]:
+    """The checkpoints to try, best first: none; for 'latest' every intact checkpoint, newest
+    first (damaged newer ones skipped with a warning naming the file); or the one folder given.
 
-    'latest' is the newest intact checkpoint: damaged newer ones are skipped with a warning, and
-    if every checkpoint is damaged the run stops rather than silently starting afresh.
+    If checkpoints exist but none is intact, the run stops rather than silently starting afresh.
     """
     if not resume_from:
-        return None
+        return []
     if resume_from == "latest":
         found = complete_checkpoints(output_dir)
-        problems = []
+        problems, intact = [], []
         for path in reversed(found):
             try:
                 verify_checkpoint(path)
             except StateFileError as err:
                 problems.append(str(err))
                 continue
+            intact.append(path)
+        if intact:
             for problem in problems:
-                _warn(f"skipping a damaged checkpoint: {problem}; resuming from {path.name}")
-            return path
+                _warn(f"skipping a damaged checkpoint: {problem}; resuming from {intact[0].name}")
+            return intact
         if problems:
             raise CheckpointError(
                 f"resume_from=latest: no intact checkpoint in {checkpoints_root(output_dir)}:\n  "
                 + "\n  ".join(problems)
             )
-        return None
+        return []
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(
@@ -136,7 +144,36 @@ def resolve_resume(resume_from: str | None, output_dir: str) -> Path | None:
         verify_checkpoint(path)
     except StateFileError as err:
         raise CheckpointError(f"resume_from={resume_from}: {err}") from err
-    return path
+    return [path]
+
+
+def resolve_resume(resume_from: str | None, output_dir: str) -> Path | None:
+    """The checkpoint to resume from: None, 'latest' (None if there is none yet) or a folder."""
+    found = resume_candidates(resume_from, output_dir)
+    return found[0] if found else None
+
+
+def set_aside_newer(output_dir: str, resumed: Path) -> list[Path]:
+    """Moves the checkpoints newer than ``resumed`` (damaged ones, or those of a run resumed from
+    an earlier point) into ``checkpoints/abandoned-<time>/``, so that a later 'latest' or
+    keep_last never mixes them with this run's. Main process only; returns where they went."""
+    match = _NAME.match(Path(resumed).name)
+    root = checkpoints_root(output_dir)
+    if match is None or Path(resumed).parent.resolve() != root.resolve():
+        return []
+    newer = [
+        p for p in root.iterdir() if _NAME.match(p.name) and int(_NAME.match(p.name).group(1)) > int(match.group(1))
+    ]
+    if not newer:
+        return []
+    aside = root / time.strftime("abandoned-%Y%m%d-%H%M%S")
+    aside.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for path in sorted(newer):
+        os.replace(path, aside / path.name)
+        moved.append(aside / path.name)
+    _warn(f"moved {len(moved)} checkpoint(s) newer than {Path(resumed).name} to {aside}")
+    return moved
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -173,12 +210,23 @@ def save_checkpoint(
         if config is None:
             config = _run_config(output_dir)
         stage = _run_stage(output_dir)
-        payload = {"step": step, "format": FORMAT, "stage": stage, **state, "config": config, "files": files}
+        payload = {
+            "step": step,
+            "format": FORMAT,
+            "stage": stage,
+            "launch": launch_facts(backend),
+            **state,
+            "config": config,
+            "files": files,
+        }
         write_bytes_durably(tmp / STATE_FILE, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
         _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        old = root / f".old-step-{step:08d}"
+        if final.exists():  # re-saved (e.g. the last step after a resume): keep it until replaced
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
         fsync_path(root)
         _prune(output_dir, keep_last, keep=final)
     backend.barrier()
@@ -193,6 +241,17 @@ def _run_config(output_dir: str) -> dict[str, Any] | None:
     return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def launch_facts(backend) -> dict[str, Any]:
+    """How the run was launched, which a resume must match (the state files are per process and
+    per engine, and the precision changes the numbers)."""
+    return {
+        "world_size": backend.world_size,
+        "distributed_type": backend.distributed_type,
+        "zero_stage": backend.zero_stage,
+        "mixed_precision": backend.mixed_precision,
+    }
+
+
 def _run_stage(output_dir: str) -> str | None:
     path = Path(output_dir) / "run.json"
     try:
@@ -202,9 +261,25 @@ def _run_stage(output_dir: str) -> str | None:
 
 
 def load_checkpoint(backend, path: Path) -> dict[str, Any]:
-    """Restores the backend state and returns the trainer state (step, data position, ...)."""
+    """Restores the backend state and returns the trainer state (step, data position, ...).
+
+    The launch must match the one that wrote it. A file found damaged while loading on any
+    process raises StateFileError on every process (none is left waiting for the others)."""
     state = verify_checkpoint(path)
-    backend.load_state(str(path))
+    saved, current = state.get("launch"), launch_facts(backend)
+    if isinstance(saved, dict) and saved != current:
+        diff = ", ".join(f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in current if saved.get(k) != current[k])
+        raise CheckpointError(
+            f"checkpoint {path} was written by another launch ({diff}); its state files are per process and "
+            "per engine. Resume with the launch that wrote it (same accelerate config, process count and precision)"
+        )
+    failure: StateFileError | None = None
+    try:
+        backend.load_state(str(path))
+    except StateFileError as err:
+        failure = err
+    if backend.all_reduce_sum(1.0 if failure else 0.0).item() > 0:
+        raise failure or StateFileError(path, "could not be loaded on another process (its message names the file)")
     return state
 
 

@@ -21,7 +21,7 @@ RUN_ERRORS: tuple[type[BaseException], ...] = (
 def describe_run_error(err: BaseException) -> str:
     """One paragraph for the user; re-raises OSErrors that are not a full disk (those are bugs)."""
     if isinstance(err, OSError) and not isinstance(err, (RunFolderError, CheckpointError, StateFileError)):
-        if err.errno != errno.ENOSPC:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise err
         return f"{err.strerror or err} (free some space, then resume with checkpoint.resume_from=latest)"
     return str(err)

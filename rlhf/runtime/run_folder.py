@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -38,27 +39,59 @@ class RunFolderError(RuntimeError):
     """The output folder holds something this run must not touch (message says what to do)."""
 
 
+STAGES = ("sft", "rm", "dpo", "ppo")
+# What a stage writes into its folder: all that overwrite=true may delete.
+RUN_ENTRIES = {
+    RUN_FILE,
+    "config.yaml",
+    "summary.json",
+    "metrics.jsonl",
+    "samples.jsonl",
+    "quarantine.jsonl",
+    "curves.png",
+    "reward_margins.png",
+    "checkpoints",
+    "model",
+    "wandb",
+    "reference_logps.safetensors",
+    "reference_logps.pt",
+}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _owner(out: Path) -> str | None:
-    """The stage whose run the folder holds ('?' for a run of unknown stage), None if no run."""
-    run_file = out / RUN_FILE
-    if run_file.is_file():
-        try:
-            return str(json.loads(run_file.read_text(encoding="utf-8"))["stage"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return "?"
-    summary = out / "summary.json"
-    if summary.is_file():
-        try:
-            return str(json.loads(summary.read_text(encoding="utf-8")).get("stage") or "?")
-        except (OSError, ValueError):
-            return "?"
-    checkpoints = sorted((out / "checkpoints").glob("step-*/trainer_state.json"))
-    for state_file in reversed(checkpoints):  # a folder holding only a run's checkpoints
-        try:
-            return str(json.loads(state_file.read_text(encoding="utf-8")).get("stage") or "?")
-        except (OSError, ValueError, AttributeError):
-            continue
-    return "?" if (out / "config.yaml").is_file() or checkpoints else None
+    """The stage whose run the folder holds, None if it holds none: ``run.json`` names it, and a
+    folder from before run.json existed is recognised by its summary.json and config.yaml, or by
+    its checkpoints' trainer state."""
+    for record in (_read_json(out / RUN_FILE), _legacy_summary(out)):
+        if isinstance(record, dict) and record.get("stage") in STAGES:
+            return record["stage"]
+    for state_file in sorted((out / "checkpoints").glob("step-*/trainer_state.json"), reverse=True):
+        state = _read_json(state_file)
+        if isinstance(state, dict) and state.get("stage") in STAGES:
+            return state["stage"]
+    return None
+
+
+def _legacy_summary(out: Path) -> Any:
+    return _read_json(out / "summary.json") if (out / "config.yaml").is_file() else None
+
+
+def _is_run_entry(name: str) -> bool:
+    return name in RUN_ENTRIES or name.startswith((".tmp-", f".{RUN_FILE}"))
+
+
+def _inside(path: str, folder: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def _recorded_inputs(out: Path) -> dict[str, Any] | None:
@@ -90,6 +123,7 @@ def check_run_folder(
     resume: bool,
     overwrite: bool,
     inputs: dict[str, Any] | None = None,
+    resume_from: str | None = None,
 ) -> str:
     """'fresh', 'continue' or 'replace' for a stage about to run into ``output_dir`` (reads only).
 
@@ -108,8 +142,24 @@ def check_run_folder(
             f"output_dir {out} holds files that are not an rlhf run ({listed}); give the stage an empty or new folder"
         )
     if overwrite:
+        foreign = [name for name in entries if not _is_run_entry(name)]
+        if foreign:
+            raise RunFolderError(
+                f"overwrite=true: output_dir {out} holds a {owner} run and also files no stage writes "
+                f"({', '.join(foreign[:5])}); they are not deleted. Move them out, or choose another output_dir"
+            )
+        used = [
+            str(v.get("name_or_path")) for v in (inputs or {}).values() if isinstance(v, dict) and v.get("name_or_path")
+        ]
+        used += [resume_from] if resume_from and resume_from != "latest" else []
+        inside = sorted({path for path in used if _inside(path, out)})
+        if inside:
+            raise RunFolderError(
+                f"overwrite=true would delete {', '.join(inside)}, which this run starts from; "
+                "copy it out of output_dir first"
+            )
         return "replace"
-    what = "a run of unknown stage" if owner == "?" else f"a {owner} run"
+    what = f"a {owner} run"
     if owner != stage:
         raise RunFolderError(
             f"output_dir {out} holds {what}, not a {stage} run; give this stage another output_dir, "
@@ -126,6 +176,8 @@ def check_run_folder(
         saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) if saved_file.is_file() else None
     except (OSError, yaml.YAMLError) as err:
         raise RunFolderError(f"{saved_file}: cannot be read ({err}); set overwrite=true to replace the run") from err
+    if saved is not None and not isinstance(saved, dict):
+        raise RunFolderError(f"{saved_file}: is not a config (a mapping); set overwrite=true to replace the run")
     if isinstance(saved, dict):
         changes = config_changes(saved, config, RESUME_SAFE)
         if changes:
@@ -153,12 +205,12 @@ def acquire_lock(output_dir: str) -> bool:
     handle = open(out / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:  # held by another process, or a file system without locks
         handle.close()
         return False
     handle.seek(0)
     handle.truncate()
-    handle.write(f"{os.getpid()}\n")
+    handle.write(f"{os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
     _HELD[key] = handle
     return True
@@ -179,10 +231,11 @@ def release_lock(output_dir: str) -> None:
 
 
 def replace_run(output_dir: str) -> None:
-    """Removes a run's files (``overwrite=true``), keeping the lock file this process holds."""
+    """Removes a run's files (``overwrite=true``; :func:`check_run_folder` has made sure nothing
+    else is there), ``run.json`` last so that a replace cut short is still known as a run."""
     out = Path(output_dir)
-    for entry in out.iterdir():
-        if entry.name == LOCK_FILE:
+    for entry in sorted(out.iterdir(), key=lambda p: p.name == RUN_FILE):
+        if entry.name == LOCK_FILE or not _is_run_entry(entry.name):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

@@ -48,7 +48,7 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _encode(value: Any, tensors: dict[str, torch.Tensor] | None, seen: dict[int, str], where: str) -> Any:
+def _encode(value: Any, tensors: dict[str, torch.Tensor] | None, seen: dict, where: str) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, enum.Enum):
@@ -67,9 +67,13 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor] | None, seen: dict[int,
         key = seen.get(id(value))
         if key is None:
             key = f"t{len(tensors)}"
-            data = value.detach()
-            data = data.to("cpu", copy=True) if data.device.type == "cpu" else data.cpu()
-            tensors[key] = data.contiguous()
+            data = value.detach().cpu().contiguous()
+            storage = (data.untyped_storage().data_ptr(), data.device.type) if data.numel() else None
+            if storage is not None and storage in seen:  # a view of a tensor already saved
+                data = data.clone()
+            elif storage is not None:
+                seen[storage] = key
+            tensors[key] = data
             seen[id(value)] = key
         return {"~t": key}
     if isinstance(value, np.ndarray):
@@ -114,14 +118,14 @@ def _decode(value: Any, tensors, path) -> Any:
     if "~size" in value:
         return torch.Size(value["~size"])
     if "~dtype" in value:
-        return getattr(torch, value["~dtype"])
+        return _torch_dtype(value["~dtype"], path)
     if "~device" in value:
         return torch.device(value["~device"])
     if "~np" in value:
-        return np.asarray(value["~np"], dtype=np.dtype(value["dtype"]))
+        return np.asarray(value["~np"], dtype=_numpy_dtype(value["dtype"], path))
     if "~tensor" in value:
         spec = value["~tensor"]
-        flat = torch.tensor(value["data"], dtype=getattr(torch, spec["dtype"]))
+        flat = torch.tensor(value["data"], dtype=_torch_dtype(spec["dtype"], path))
         return flat.reshape(spec["shape"])
     if "~obj" in value:
         name = value["~obj"]
@@ -129,8 +133,13 @@ def _decode(value: Any, tensors, path) -> Any:
             raise StateFileError(path, f"names the class {name}, which is not one a state file may hold")
         module, _, qualname = name.partition(":")
         cls = getattr(importlib.import_module(module), qualname)
+        state = _decode(value["state"], tensors, path)
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and k.isidentifier() and not k.startswith("__") for k in state
+        ):
+            raise StateFileError(path, f"holds a {name} with attributes that are not plain names")
         obj = cls.__new__(cls)
-        obj.__dict__.update(_decode(value["state"], tensors, path))
+        obj.__dict__.update(state)
         return obj
     raise StateFileError(path, f"holds an unknown entry {sorted(value)[:3]}")
 
@@ -139,7 +148,28 @@ def disk_full(err: OSError, path: str | os.PathLike) -> OSError:
     """The error to raise for ``err`` while writing ``path``: a full disk names the path."""
     if err.errno == errno.ENOSPC:
         return OSError(errno.ENOSPC, f"no space left on device while writing {path}")
+    if err.errno == errno.EDQUOT:
+        return OSError(errno.EDQUOT, f"disk quota exceeded while writing {path}")
     return err
+
+
+def _torch_dtype(name: Any, path) -> torch.dtype:
+    """``torch.<name>`` only when it is a dtype (a file must not be able to name a function)."""
+    found = getattr(torch, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not isinstance(found, torch.dtype):
+        raise StateFileError(path, f"names {name!r} as a torch dtype, which it is not")
+    return found
+
+
+def _numpy_dtype(name: Any, path) -> np.dtype:
+    """Plain numeric numpy dtypes only (no object arrays)."""
+    try:
+        dtype = np.dtype(name) if isinstance(name, str) else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf":
+        raise StateFileError(path, f"names {name!r} as a numeric numpy dtype, which it is not")
+    return dtype
 
 
 def write_bytes_durably(path: str | os.PathLike, data: bytes) -> None:
@@ -167,11 +197,20 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 def save_tree(tree: Any, path: str | os.PathLike) -> None:
     """Writes a state tree to a safetensors file (tensors) with its structure in the header."""
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(tree, tensors, {}, "")
-    write_bytes_durably(path, save(tensors, metadata={TREE_KEY: json.dumps(skeleton)}))
+    try:
+        save_file(tensors, str(path), metadata={TREE_KEY: json.dumps(skeleton)})
+    except OSError as err:
+        raise disk_full(err, path) from err
+    except Exception as err:  # safetensors reports I/O errors in its own type and words
+        for code, words in ((errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded")):
+            if words in str(err):
+                raise disk_full(OSError(code, words), path) from err
+        raise
+    fsync_path(path)
 
 
 def load_tree(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:

@@ -34,7 +34,7 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only
     return state
 
 
@@ -43,7 +43,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].to(torch.uint8))
     if torch.cuda.is_available() and "cuda" in state:
-        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in state["cuda"]])
+        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8))
 
 
 @functools.cache
@@ -94,6 +94,13 @@ def load_training_state(backend, folder: Path) -> None:
     """Restores what :func:`save_training_state` wrote; a damaged file raises StateFileError."""
     model, optimizer, scheduler = backend.trained
     if backend.uses_deepspeed:
+        if model.load_universal_checkpoint():
+            # DeepSpeed reads universal checkpoints with torch.load, past any checkpoint engine.
+            raise StateFileError(
+                folder / ENGINE_TAG,
+                "cannot be resumed with the DeepSpeed option checkpoint.load_universal: DeepSpeed loads "
+                "those files with pickle. Remove the option from the DeepSpeed config",
+            )
         model.checkpoint_engine = _safe_engine_class()()
         path, _ = model.load_checkpoint(
             str(folder), tag=ENGINE_TAG, load_module_strict=True, load_optimizer_states=True
@@ -109,7 +116,14 @@ def load_training_state(backend, folder: Path) -> None:
         except (KeyError, ValueError, RuntimeError) as err:
             raise StateFileError(folder, f"does not fit this model or optimizer ({err})") from err
     if scheduler is not None:
-        scheduler.load_state_dict(load_json_tree(folder / "scheduler.json"))
+        saved = load_json_tree(folder / "scheduler.json")
+        expected = set(scheduler.state_dict())
+        if not isinstance(saved, dict) or set(saved) != expected:
+            # torch copies a scheduler state onto the scheduler object, so only its own keys may come in
+            raise StateFileError(
+                folder / "scheduler.json", f"does not hold the keys of this scheduler ({sorted(expected)})"
+            )
+        scheduler.load_state_dict(saved)
     scaler = backend.accelerator.scaler
     if scaler is not None:
         scaler.load_state_dict(load_json_tree(folder / "grad_scaler.json"))

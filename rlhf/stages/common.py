@@ -6,6 +6,7 @@ import errno
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -17,7 +18,14 @@ from rlhf.models.fingerprint import write_fingerprint
 from rlhf.models.loading import save_model
 from rlhf.runtime import run_folder
 from rlhf.runtime.backend import Backend
-from rlhf.runtime.checkpoint import CheckpointError, load_checkpoint, resolve_resume, verify_checkpoint
+from rlhf.runtime.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    resume_candidates,
+    set_aside_newer,
+    verify_checkpoint,
+)
+from rlhf.runtime.safe_state import StateFileError
 from rlhf.runtime.tracking import Tracker
 from rlhf.stages.inputs import input_fingerprints
 
@@ -45,29 +53,45 @@ def start(cfg) -> Backend:
     )
     stage = stage_name(cfg)
     inputs = input_fingerprints(cfg)
-    # Every process reads the folder before any writes, so all decide alike (or all raise).
-    action = run_folder.check_run_folder(
-        cfg.output_dir,
-        stage,
-        to_dict(cfg),
-        resume=bool(cfg.checkpoint.resume_from),
-        overwrite=cfg.overwrite,
-        inputs=inputs,
-    )
+
+    def check() -> str:
+        return run_folder.check_run_folder(
+            cfg.output_dir,
+            stage,
+            to_dict(cfg),
+            resume=bool(cfg.checkpoint.resume_from),
+            overwrite=cfg.overwrite,
+            inputs=inputs,
+            resume_from=cfg.checkpoint.resume_from,
+        )
+
+    # Every process reads the folder, so all decide alike (or all raise): once before taking the
+    # lock (nothing, not even the lock file, goes into a folder that is refused), and again
+    # holding it (another launch may have finished in between).
+    check()
     backend.barrier()
     locked = run_folder.acquire_lock(cfg.output_dir) if backend.is_main else True
     if backend.all_reduce_sum(0.0 if locked else 1.0).item() > 0:
         raise run_folder.RunFolderError(
             f"output_dir {cfg.output_dir} is in use by another run (process "
-            f"{run_folder.lock_holder(cfg.output_dir)}); wait for it to end or choose another output_dir"
+            f"{run_folder.lock_holder(cfg.output_dir)}), or its file system cannot lock; wait for "
+            "that run to end or choose another output_dir"
         )
-    if backend.is_main:
-        if action == "replace":
-            run_folder.replace_run(cfg.output_dir)
-        run_folder.write_run_file(cfg.output_dir, stage, inputs)
-        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-        backend.at_end(lambda: run_folder.release_lock(cfg.output_dir))
+    backend.at_end(lambda: run_folder.release_lock(cfg.output_dir))
+    action = check()
     backend.barrier()
+    failure: OSError | None = None
+    if backend.is_main:
+        try:
+            if action == "replace":
+                run_folder.replace_run(cfg.output_dir)
+            run_folder.write_run_file(cfg.output_dir, stage, inputs)
+            save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+        except OSError as err:  # raised on every process below, so none waits for the others
+            failure = err
+    if backend.all_reduce_sum(1.0 if failure else 0.0).item() > 0:
+        run_folder.release_lock(cfg.output_dir)
+        raise failure or run_folder.RunFolderError(f"output_dir {cfg.output_dir}: the main process could not write it")
     return backend
 
 
@@ -83,19 +107,31 @@ def resume(cfg, backend: Backend) -> tuple[int, Path | None]:
 
     The checkpoint must have been made with the same training keys as ``cfg`` (those in
     :data:`rlhf.config.diff.RESUME_SAFE` may differ); otherwise the run stops with the diff."""
-    path = resolve_resume(cfg.checkpoint.resume_from, cfg.output_dir)
-    if path is None:
-        return 0, None
-    saved = verify_checkpoint(path).get("config")
-    if isinstance(saved, dict):
-        changes = config_changes(saved, to_dict(cfg), RESUME_SAFE)
+    candidates = resume_candidates(cfg.checkpoint.resume_from, cfg.output_dir)
+    for number, path in enumerate(candidates):
+        saved = verify_checkpoint(path).get("config")
+        if saved is not None and not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint {path}: its config is not a mapping; start afresh with overwrite=true")
+        changes = config_changes(saved, to_dict(cfg), RESUME_SAFE) if saved else []
         if changes:
             raise CheckpointError(
                 f"checkpoint {path} was made with another config ({shown(changes)}); resuming would "
                 "continue with the checkpoint's state under the new keys. Put the keys back, or start "
                 "afresh with overwrite=true"
             )
-    return int(load_checkpoint(backend, path)["step"]), path
+        try:
+            step = int(load_checkpoint(backend, path)["step"])
+        except StateFileError as err:
+            if number + 1 == len(candidates):
+                raise CheckpointError(f"resume: no checkpoint could be loaded; the last one tried: {err}") from err
+            if backend.is_main:
+                print(f"warning: {err}; trying {candidates[number + 1].name}", file=sys.stderr, flush=True)
+            continue
+        if backend.is_main:
+            set_aside_newer(cfg.output_dir, path)
+        backend.barrier()
+        return step, path
+    return 0, None
 
 
 def tracker(cfg, backend: Backend, *, steps: int, start_step: int, stage: str) -> Tracker:

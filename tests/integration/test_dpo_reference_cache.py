@@ -58,17 +58,30 @@ def _save_model(folder, perturb: bool) -> str:
 
 
 def test_a_cache_made_with_another_model_is_recomputed(tmp_path, capsys):
-    # The model folder is retrained in place (as an SFT run into the same folder does) while a
-    # DPO run from it waits to be resumed with the same config.
-    model = _save_model(tmp_path / "sft" / "model", perturb=False)
-    out = interrupted(tmp_path / "run", f"model.name_or_path={model}")
-    _save_model(model, perturb=True)
+    # A cache made from one model folder lands in the folder of a run from another, with the same
+    # config (copied between runs, or left by a folder reused by hand).
+    first = _save_model(tmp_path / "first", perturb=False)
+    second = _save_model(tmp_path / "second", perturb=True)
+    made = interrupted(tmp_path / "made", f"model.name_or_path={first}")
+    out = interrupted(tmp_path / "run", f"model.name_or_path={second}")
+    for cache in made.glob("reference_logps*"):
+        shutil.copy(cache, out / cache.name)
     capsys.readouterr()
-    summary = resume(out, f"model.name_or_path={model}")
+    summary = resume(out, f"model.name_or_path={second}")
     # The reference is the initial policy again: chosen and rejected margins are 0 at step 1.
     assert summary["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
     printed = capsys.readouterr().out
     assert f"recomputing: {out / 'reference_logps.safetensors'} was made with another reference_model" in printed
+
+
+def test_a_run_whose_model_folder_was_retrained_in_place_is_not_resumed(tmp_path):
+    from rlhf.runtime.run_folder import RunFolderError
+
+    model = _save_model(tmp_path / "sft" / "model", perturb=False)
+    out = interrupted(tmp_path / "run", f"model.name_or_path={model}")
+    _save_model(model, perturb=True)
+    with pytest.raises(RunFolderError, match="started from other models"):
+        resume(out, f"model.name_or_path={model}")
 
 
 def test_a_cache_made_with_another_normalisation_is_recomputed(tmp_path, capsys):

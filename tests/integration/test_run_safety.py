@@ -231,3 +231,68 @@ def test_resume_after_the_input_model_changed_is_refused(finished, tmp_path):
     shutil.copytree(tmp_path / "other" / "model", base)
     with pytest.raises(RunFolderError, match="started from other models .*model: sha256:"):
         sft(out, f"model.name_or_path={base}", "max_steps=2", "checkpoint.resume_from=latest")
+
+
+def test_overwrite_deletes_only_what_a_stage_writes(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    (out / "notes.md").write_text("mine")
+    with pytest.raises(RunFolderError, match=r"also files no stage writes \(notes\.md\)"):
+        sft(out, "max_steps=1", "overwrite=true")
+    assert (out / "notes.md").read_text() == "mine" and (out / "summary.json").is_file()
+    # A folder with a config.yaml of its own is not a run: never replaced.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.yaml").write_text("a: 1\n")
+    (project / "main.py").write_text("print(1)\n")
+    with pytest.raises(RunFolderError, match="not an rlhf run"):
+        sft(project, "max_steps=1", "overwrite=true")
+    assert sorted(p.name for p in project.iterdir()) == ["config.yaml", "main.py"]
+
+
+def test_overwrite_refuses_to_delete_the_model_it_starts_from(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    with pytest.raises(RunFolderError, match="which this run starts from"):
+        sft(out, f"model.name_or_path={out / 'model'}", "max_steps=1", "overwrite=true")
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_a_same_size_pickle_in_the_newest_checkpoint_falls_back_and_runs_nothing(finished, tmp_path, capsys):
+    out = copy_run(finished, tmp_path, 3)
+    marker = tmp_path / "code-ran"
+    target = out / "checkpoints" / "step-00000003" / "scheduler.json"
+    payload = pickle.dumps(Payload(marker))
+    size = target.stat().st_size
+    assert len(payload) <= size
+    target.write_bytes(payload + b" " * (size - len(payload)))  # passes the manifest's size check
+    sft(out, "max_steps=4", "checkpoint.save_steps=1", "checkpoint.keep_last=0", "checkpoint.resume_from=latest")
+    assert not marker.exists()
+    assert "scheduler.json: is damaged" in capsys.readouterr().err
+    for key, value in weights(finished).items():
+        assert torch.equal(weights(out)[key], value), key
+
+
+def test_resuming_an_earlier_checkpoint_sets_the_newer_ones_aside(finished, tmp_path, capsys):
+    out = copy_run(finished, tmp_path, 3)
+    sft(
+        out,
+        "max_steps=4",
+        "checkpoint.save_steps=0",
+        f"checkpoint.resume_from={out / 'checkpoints' / 'step-00000001'}",
+    )
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names[0].startswith("abandoned-") and names[1:] == ["step-00000001", "step-00000004"]
+    assert sorted(p.name for p in (out / "checkpoints" / names[0]).iterdir()) == ["step-00000002", "step-00000003"]
+    assert "moved 2 checkpoint(s) newer than step-00000001" in capsys.readouterr().err
+
+
+def test_resume_under_another_launch_is_refused(finished, tmp_path):
+    out = copy_run(finished, tmp_path, 2)
+    state_file = out / "checkpoints" / "step-00000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["launch"]["world_size"] == 1
+    state["launch"]["world_size"] = 2
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="another launch .*world_size 2 -> 1"):
+        sft(out, "max_steps=4", "checkpoint.resume_from=latest")

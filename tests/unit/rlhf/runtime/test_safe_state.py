@@ -119,3 +119,38 @@ def test_a_full_disk_says_so_with_the_path():
     with pytest.raises(OSError, match="no space left on device while writing /dev/full") as caught:
         write_bytes_durably("/dev/full", b"x" * 10)
     assert caught.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        '{"~dtype": "load"}',  # a function of torch, not a dtype
+        '{"~tensor": {"dtype": "seed", "shape": [1]}, "data": [1]}',
+        '{"~np": [1], "dtype": "object"}',
+        '{"~obj": "deepspeed.utils.tensor_fragment:fragment_address", "state": {"~d": [["__class__", 1]]}}',
+    ],
+)
+def test_entries_that_name_something_other_than_data_are_refused(tmp_path, entry):
+    from safetensors.torch import save
+
+    (tmp_path / "x.safetensors").write_bytes(save({}, metadata={"rlhf.state_tree": entry}))
+    with pytest.raises(StateFileError):
+        load_tree(tmp_path / "x.safetensors")
+
+
+def test_allowed_objects_round_trip(tmp_path):
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    tree = {"scaler": LossScaler(64.0), "address": fragment_address(numel=6, start=2)}
+    save_tree(tree, tmp_path / "o.safetensors")
+    back = load_tree(tmp_path / "o.safetensors")
+    assert isinstance(back["scaler"], LossScaler) and back["scaler"].loss_scale == 64.0
+    assert back["address"] == fragment_address(numel=6, start=2)
+
+
+def test_views_of_one_tensor_are_saved_without_sharing_errors(tmp_path):
+    base = torch.arange(8.0)
+    save_tree({"a": base[:4], "b": base[4:], "c": base}, tmp_path / "v.safetensors")
+    back = load_tree(tmp_path / "v.safetensors")
+    assert back["a"].tolist() == [0, 1, 2, 3] and back["b"].tolist() == [4, 5, 6, 7] and torch.equal(back["c"], base)
