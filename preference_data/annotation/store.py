@@ -279,8 +279,14 @@ class AnnotationStore:
             return None
         return {"task_id": row[0], "prompt": json.loads(row[1]), "responses": json.loads(row[2])}
 
-    def record_judgement(self, annotator, task_id, ranks, comment=None) -> dict:
-        """Store one annotator's ranks of one task (committed before returning)."""
+    def record_judgement(self, annotator, task_id, ranks, comment=None, per_task: int | None = None) -> dict:
+        """Store one annotator's ranks of one task (committed before returning).
+
+        Refused with 409 when this annotator has judged or skipped the task, or (with `per_task`)
+        when the task already holds `per_task` judgements; the checks and the insert share one
+        write transaction, so concurrent submits cannot pass the cap."""
+        if per_task is not None:
+            per_task = self._per_task(per_task)
         if comment is not None:
             if not isinstance(comment, str):
                 raise AnnotationError(f"comment must be a string or null, got {type_name(comment)}", 400)
@@ -313,6 +319,15 @@ class AnnotationStore:
                 "SELECT 1 FROM judgements WHERE task_id = ? AND annotator = ?", (task_id, annotator)
             ).fetchone():
                 raise AnnotationError(f"{annotator!r} has already judged task {task_id!r}", 409)
+            if conn.execute("SELECT 1 FROM skips WHERE task_id = ? AND annotator = ?", (task_id, annotator)).fetchone():
+                raise AnnotationError(f"{annotator!r} has skipped task {task_id!r}; it cannot be judged", 409)
+            if per_task is not None:
+                count = conn.execute("SELECT count(*) FROM judgements WHERE task_id = ?", (task_id,)).fetchone()[0]
+                if count >= per_task:
+                    raise AnnotationError(
+                        f"task {task_id!r} already has {count} judgement(s), the most it takes (annotators per task)",
+                        409,
+                    )
             created = _now()
             try:
                 conn.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import sqlite3
 import threading
 import time
@@ -298,3 +299,173 @@ def test_restart_loses_nothing_acknowledged(tmp_path):
     assert reopened.count_judgements() == 120
     assert not set(acked) & set(more)
     assert sorted(_pairs(tmp_path / "annotations.db")) == sorted((n, f"t{i:04d}") for n in names for i in range(30))
+
+
+def test_per_task_cap_holds_at_submit_and_the_loser_gets_the_next_task(tmp_path):
+    store, tokens = build_store(tmp_path, 2, ["alice", "bob", "carol"])
+    running = Running(store, per_task=2)
+    try:
+        clients = {n: Client(running.port, tokens[n]) for n in tokens}
+        assert [clients[n].request("GET", "/api/next")[1]["task_id"] for n in clients] == ["t0000"] * 3
+        assert clients["alice"].judge("t0000")[0] == 201
+        assert clients["bob"].judge("t0000")[0] == 201
+        status, payload, _ = clients["carol"].judge("t0000")
+        assert status == 409 and "2 judgement" in payload["error"]
+        assert payload["next"]["task_id"] == "t0001" and len(payload["next"]["responses"]) == K
+        assert clients["carol"].request("POST", "/api/skip", {"task_id": "t0001"})[0] == 204
+        status, payload, _ = clients["carol"].judge("t0001")
+        assert status == 409 and "skipped" in payload["error"] and payload["next"] is None
+        for c in clients.values():
+            c.close()
+    finally:
+        running.stop()
+    assert sorted(_pairs(tmp_path / "annotations.db")) == [("alice", "t0000"), ("bob", "t0000")]
+
+
+def test_deep_nesting_and_lone_surrogates_are_400(env):
+    store, tokens, port = env
+    c = Client(port, tokens["alice"])
+    bodies = [
+        b"[" * 20_000,
+        b'{"task_id": "t0000", "ranks": [0, 1, 2], "comment": ' + b"[" * 20_000 + b"}",
+        b'{"task_id": "t0000", "ranks": [0, 1, 2], "comment": "bad \\ud800 text"}',
+        b'{"task_id": "t\\udfff", "ranks": [0, 1, 2]}',
+        b'{"task_id": "t0000", "ranks": [0, 1, 2], "\\ud800": 1}',
+    ]
+    for raw in bodies:
+        status, payload, _ = c.request("POST", "/api/judgements", raw=raw)
+        assert status == 400, raw[:60]
+        assert "nested" in payload["error"] or "surrogate" in payload["error"]
+    status, payload, _ = c.request("POST", "/api/skip", raw=b'{"task_id": "\\ud800"}')
+    assert status == 400 and "task_id" in payload["error"]
+    assert store.count_judgements() == 0
+    assert c.judge("t0000")[0] == 201  # the connection is still in sync
+    c.close()
+
+
+def _recv_until_closed(sock, limit_s):
+    """Bytes the server sends until it closes the connection; None if it is still open after limit_s."""
+    sock.settimeout(limit_s)
+    data = b""
+    try:
+        while len(data) < 65536:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return data
+            data += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        return data
+    return data
+
+
+def test_slow_clients_are_cut_off_and_connections_are_bounded(tmp_path):
+    store, tokens = build_store(tmp_path, 3, ["alice"])
+    server = make_server(store, port=0, quiet=True, request_timeout=0.4, max_connections=4, busy_wait=0.05)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    slow = []
+    try:
+        # slowloris: unfinished headers, then an unfinished body, on every connection slot
+        for i in range(4):
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            if i % 2:
+                s.sendall(b"GET /api/progress HTTP/1.1\r\nHost: x\r\n")
+            else:
+                s.sendall(
+                    b"POST /api/skip HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                    + tokens["alice"].encode()
+                    + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+                )
+            slow.append(s)
+        time.sleep(0.1)
+        # every slot is taken: a new connection is answered 503 at once
+        start = time.perf_counter()
+        extra = socket.create_connection(("127.0.0.1", port), timeout=2)
+        extra.sendall(b"GET /api/progress HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = _recv_until_closed(extra, 2)
+        extra.close()
+        assert answer is not None and answer.startswith(b"HTTP/1.1 503"), answer
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert f"Content-Length: {len(body)}".encode() in head and "busy" in json.loads(body)["error"]
+        assert time.perf_counter() - start < 1
+        # the slow connections are closed once the read timeout passes
+        for s in slow:
+            assert _recv_until_closed(s, 3) is not None
+        # and a real request is served again
+        status, prog, _ = Client(port, tokens["alice"]).request("GET", "/api/progress")
+        assert status == 200 and prog["tasks"] == 3
+    finally:
+        for s in slow:
+            s.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert store.count_judgements() == 0
+
+
+def test_50_clients_connecting_at_once_are_all_served(tmp_path):
+    names = [f"a{i:02d}" for i in range(50)]
+    store, tokens = build_store(tmp_path, 1, names)
+    running = Running(store)
+    barrier = threading.Barrier(50)
+
+    def one(name):
+        barrier.wait(5)
+        try:
+            return Client(running.port, tokens[name]).request("GET", "/api/progress")[0]
+        except OSError as exc:
+            return type(exc).__name__
+
+    try:
+        with ThreadPoolExecutor(50) as pool:
+            statuses = list(pool.map(one, names))
+    finally:
+        running.stop()
+    assert statuses == [200] * 50
+
+
+def test_keep_alive_responses_are_one_write_without_nagle(env, monkeypatch):
+    import socketserver
+
+    _, tokens, port = env
+    writes, nodelay = [], []
+    real_write = socketserver._SocketWriter.write
+
+    def spy(self, data):
+        writes.append(bytes(data))
+        nodelay.append(self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        return real_write(self, data)
+
+    monkeypatch.setattr(socketserver._SocketWriter, "write", spy)
+    c = Client(port, tokens["alice"])
+    start = time.perf_counter()
+    for _ in range(20):
+        assert c.request("GET", "/api/progress")[0] == 200
+    assert c.request("GET", "/api/next")[0] == 200
+    elapsed = time.perf_counter() - start
+    c.close()
+    assert len(writes) == 21 and all(w.startswith(b"HTTP/1.1 200") and w.endswith(b"}") for w in writes)
+    assert all(nodelay)
+    assert elapsed / 21 < 0.02, elapsed
+
+
+def test_listen_backlog_holds_50_pending_connections(tmp_path):
+    store, _ = build_store(tmp_path, 1, ["alice"])
+    server = make_server(store, port=0, quiet=True)  # not accepting yet: the kernel queues them
+    port, pending = server.server_address[1], []
+    try:
+        for _ in range(50):
+            s = socket.socket()
+            s.settimeout(0.5)
+            s.connect(("127.0.0.1", port))  # a full backlog drops the handshake: connect times out
+            pending.append(s)
+    except TimeoutError:
+        pass
+    finally:
+        for s in pending:
+            s.close()
+        server.server_close()
+    assert len(pending) == 50

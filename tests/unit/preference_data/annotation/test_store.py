@@ -264,3 +264,45 @@ def test_concurrent_judgements(tmp_path):
     store.close()
     with AnnotationStore(tmp_path / "ann.db") as again:
         assert again.count_judgements() == 1000
+
+
+def test_per_task_cap_and_skip_hold_at_submit_time(store, tmp_path):
+    store.import_tasks(write(tmp_path / "t.jsonl", tasks(2)))
+    for name in ("a", "b", "c"):
+        store.add_annotator(name)
+    # all three fetched t0 while it had no judgement; only two may judge it
+    assert [store.next_task(n, per_task=2)["task_id"] for n in ("a", "b", "c")] == ["t0"] * 3
+    store.record_judgement("a", "t0", [0, 1, 2], per_task=2)
+    store.record_judgement("b", "t0", [0, 1, 2], per_task=2)
+    with pytest.raises(AnnotationError, match="already has 2 judgement") as err:
+        store.record_judgement("c", "t0", [0, 1, 2], per_task=2)
+    assert err.value.status == 409
+    store.record_skip("c", "t1")
+    with pytest.raises(AnnotationError, match="skipped") as err:
+        store.record_judgement("c", "t1", [0, 1, 2], per_task=2)
+    assert err.value.status == 409
+    assert store.count_judgements() == 2
+
+
+def test_per_task_cap_holds_under_concurrent_submits(store, tmp_path):
+    store.import_tasks(write(tmp_path / "t.jsonl", tasks(1)))
+    names = [f"n{i}" for i in range(8)]
+    for name in names:
+        store.add_annotator(name)
+    barrier, outcomes = threading.Barrier(len(names)), []
+
+    def submit(name):
+        barrier.wait(5)
+        try:
+            store.record_judgement(name, "t0", [0, 1, 2], per_task=3)
+            outcomes.append(201)
+        except AnnotationError as exc:
+            outcomes.append(exc.status)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(outcomes) == [201] * 3 + [409] * 5
+    assert store.count_judgements() == 3
