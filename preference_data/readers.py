@@ -55,13 +55,23 @@ def type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def iter_rows(path: str, *, fmt: str | None = None, field_map: dict[str, str] | None = None) -> Iterator[Row]:
+def iter_rows(
+    path: str,
+    *,
+    fmt: str | None = None,
+    field_map: dict[str, str] | None = None,
+    max_record_bytes: int | None = None,
+) -> Iterator[Row]:
     """Stream the rows of one data source.
 
     `fmt` overrides the format guessed from the extension (`.gz` is decompressed transparently
     for jsonl, json and csv); a folder is read with `datasets.load_from_disk` (split 'train' of
     a DatasetDict). `builtin:NAME?n=500&seed=3` runs a registered generator. `field_map` maps
     canonical field -> source column, e.g. {"prompt": "question"}.
+
+    `max_record_bytes` turns a larger record into an error row ("record too large"): a jsonl
+    line is measured in bytes as read and never held whole (so a huge line costs no memory);
+    a row of another format is measured as its UTF-8 JSON text.
 
     Raises FileNotFoundError / ValueError at call time (not at first `next`), so a bad path is
     reported before any work starts.
@@ -75,8 +85,31 @@ def iter_rows(path: str, *, fmt: str | None = None, field_map: dict[str, str] | 
         fmt = fmt or _detect_format(path)
         if fmt not in FORMATS:
             raise ValueError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-        rows = _READERS[fmt](path)
+        if fmt == "jsonl":  # lines are measured as read, before they are parsed
+            rows = _read_jsonl(path, max_record_bytes)
+            max_record_bytes = None
+        else:
+            rows = _READERS[fmt](path)
+    if max_record_bytes is not None:
+        rows = _size_limited(rows, max_record_bytes)
     return _renamed(rows, field_map) if field_map else rows
+
+
+def _size_limited(rows: Iterable[Row], max_bytes: int) -> Iterator[Row]:
+    for row in rows:
+        if row.data is not None:
+            text = json.dumps(row.data, ensure_ascii=False, default=str)
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > max_bytes:
+                preview = text[:_PREVIEW_BYTES] + "..."
+                row = Row(
+                    row.source,
+                    row.line,
+                    None,
+                    raw=preview,
+                    error=f"record too large: {size} bytes > max_record_bytes {max_bytes}",
+                )
+        yield row
 
 
 def _detect_format(path: str) -> str:
@@ -120,19 +153,90 @@ def _utf8_error(exc: UnicodeDecodeError) -> str:
     return f"invalid UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
 
 
-def _read_jsonl(path: str) -> Iterator[Row]:
+# A row's raw text kept in the quarantine when the row is too large to keep whole.
+_PREVIEW_BYTES = 200
+# Bytes read at a time while skipping the rest of an over-limit line.
+_SKIP_CHUNK = 1 << 20
+
+
+def _truncated_archive(path: str, number: int, rows: int) -> Row:
+    """The row standing for everything after the last complete line of a cut `.gz` file."""
+    return Row(
+        path,
+        number + 1,
+        None,
+        raw=None,
+        error=f"truncated archive: {path} ends early after line {number} ({rows} rows read); the rest is lost",
+    )
+
+
+def _long_line(f, head: bytes, max_bytes: int) -> int:
+    """Skip the rest of a line whose first `head` bytes are over the limit; returns its size
+    without the line ending."""
+    size = len(head)
+    while head and not head.endswith(b"\n"):
+        head = f.readline(_SKIP_CHUNK)
+        size += len(head)
+    return size - (len(head) - len(head.rstrip(b"\r\n")))
+
+
+def _read_jsonl(path: str, max_record_bytes: int | None = None) -> Iterator[Row]:
+    number = rows = 0
     with _open_binary(path) as f:
-        for number, raw in enumerate(f, start=1):
+        while True:
+            try:
+                raw = f.readline(-1 if max_record_bytes is None else max_record_bytes + 2)  # + CRLF
+                if max_record_bytes is not None and len(raw.rstrip(b"\r\n")) > max_record_bytes:
+                    size = _long_line(f, raw, max_record_bytes)
+                    number += 1
+                    rows += 1
+                    yield Row(
+                        path,
+                        number,
+                        None,
+                        raw=_lossless_text(raw[:_PREVIEW_BYTES]) + "...",
+                        error=f"record too large: {size} bytes > max_record_bytes {max_record_bytes}",
+                    )
+                    continue
+            except (EOFError, gzip.BadGzipFile):
+                yield _truncated_archive(path, number, rows)
+                return
+            if not raw:
+                return
+            number += 1
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
+                rows += 1
                 yield Row(path, number, None, raw=_lossless_text(raw), error=_utf8_error(exc))
                 continue
             if number == 1:
                 text = text.removeprefix("\ufeff")
             if not text.strip():
                 continue
+            rows += 1
             yield _object_row(path, number, text.rstrip("\r\n"))
+
+
+# Deepest nesting of lists and objects accepted in a record. Real records nest 3-4 levels; a
+# fixed limit well below Python's recursion limit means no later step (quarantine, dedup
+# hashing) can recurse too deep, whatever the stack depth it runs at.
+MAX_NESTING = 100
+_TOO_DEEP = f"nested too deep: more than {MAX_NESTING} levels of lists / objects"
+
+
+def _too_deep(value: object) -> bool:
+    """Whether ``value`` nests lists / objects more than MAX_NESTING deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:  # each container is visited once
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > MAX_NESTING:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _object_row(path: str, number: int, text: str) -> Row:
@@ -140,6 +244,10 @@ def _object_row(path: str, number: int, text: str) -> Row:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return Row(path, number, None, raw=text, error=f"not valid JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return Row(path, number, None, raw=text[:_PREVIEW_BYTES], error=_TOO_DEEP)
+    if _too_deep(value):
+        return Row(path, number, None, raw=text[:_PREVIEW_BYTES], error=_TOO_DEEP)
     if not isinstance(value, dict):
         return Row(path, number, None, raw=text, error=f"expected a JSON object, got {type_name(value)}")
     return Row(path, number, value)
@@ -149,7 +257,11 @@ def _read_json(path: str) -> Iterator[Row]:
     # A JSON document cannot be parsed piecewise without a streaming parser; json files are
     # expected to be small (large data belongs in jsonl/parquet).
     with _open_binary(path) as f:
-        blob = f.read()
+        try:
+            blob = f.read()
+        except (EOFError, gzip.BadGzipFile):
+            yield _truncated_archive(path, 0, 0)
+            return
     try:
         text = blob.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -159,6 +271,9 @@ def _read_json(path: str) -> Iterator[Row]:
         return
     try:
         value = json.loads(text)
+    except RecursionError:
+        yield Row(path, 1, None, raw=text[:_PREVIEW_BYTES], error=_TOO_DEEP)
+        return
     except json.JSONDecodeError as exc:
         bad_line = text.splitlines()[exc.lineno - 1] if text.strip() else text
         yield Row(
@@ -180,7 +295,9 @@ def _read_json(path: str) -> Iterator[Row]:
         )
         return
     for index, item in enumerate(items):
-        if isinstance(item, dict):
+        if isinstance(item, dict) and _too_deep(item):
+            yield Row(path, index + 1, None, raw=None, error=_TOO_DEEP)
+        elif isinstance(item, dict):
             yield Row(path, index + 1, item)
         else:
             yield Row(
@@ -214,6 +331,9 @@ def _read_csv(path: str) -> Iterator[Row]:
                 cells = next(reader)
                 error = None
             except StopIteration:
+                return
+            except (EOFError, gzip.BadGzipFile):
+                yield _truncated_archive(path, end, end - 1)
                 return
             except csv.Error as exc:
                 cells, error = None, f"not valid CSV: {exc}"

@@ -23,7 +23,14 @@ from preference_data.records import ASSISTANT, ROLES, SYSTEM, USER, SFTRecord, m
 
 
 class DataError(ValueError):
-    """The data cannot be used as given: a rejection in strict mode, or nothing valid left."""
+    """The data cannot be used as given: a rejection in strict mode, or nothing valid left.
+
+    `report` is the `ValidationReport` of the load up to that point (None when not known).
+    """
+
+    def __init__(self, message: str, report: ValidationReport | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 class Rejected(Exception):
@@ -38,6 +45,9 @@ class Rejected(Exception):
 # Reasons are grouped by the phrase they contain; the first match wins (specific ones first).
 _KINDS = (
     ("not valid JSON", "not valid JSON"),
+    ("nested too deep", "nested too deep"),
+    ("truncated archive", "truncated archive"),
+    ("record too large", "record too large"),
     ("not valid CSV", "not valid CSV"),
     ("invalid UTF-8", "invalid UTF-8"),
     ("invalid Unicode", "invalid UTF-8"),
@@ -298,11 +308,17 @@ class ValidationReport:
 # --- Loading ---------------------------------------------------------------------------------
 
 
+# Largest record accepted by default (1 MiB of UTF-8 JSON): far above any real conversation, and
+# small enough that one bad record cannot exhaust memory in tokenisation or dedup.
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+
+
 def load_records(
     paths: str | Iterable[str],
     check: Callable[[object, str, int], object],
     *,
     field_map: dict[str, str] | None = None,
+    max_record_bytes: int | None = DEFAULT_MAX_RECORD_BYTES,
     quarantine_path: str | None,
     strict: bool = False,
     what: str = "records",
@@ -312,7 +328,9 @@ def load_records(
     """Read every path, keep what `check` accepts, quarantine the rest.
 
     strict=True raises DataError at the first rejection (`file:line: reason`). DataError is also
-    raised, with the summary, when nothing valid remains.
+    raised, with the summary, when nothing valid remains; its `report` attribute holds the
+    counts so far. A record larger than `max_record_bytes` (None = no limit) is quarantined as
+    "record too large" without being parsed (see `readers.iter_rows`).
     """
     paths = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
     report = ValidationReport(quarantine=Quarantine(quarantine_path))
@@ -320,7 +338,7 @@ def load_records(
     with report.quarantine:
         for path in paths:
             report.sources.append(path)
-            rows = iter_rows(path, field_map=field_map)
+            rows = iter_rows(path, field_map=field_map, max_record_bytes=max_record_bytes)
             if progress:
                 from tqdm.auto import tqdm  # late: only the command line asks for a bar
 
@@ -332,7 +350,7 @@ def load_records(
                     record = check(row.data, row.source, row.line)
                 except Rejected as rejected:
                     if strict:
-                        raise DataError(f"{where(row.source, row.line)}: {rejected.reason}") from None
+                        raise DataError(f"{where(row.source, row.line)}: {rejected.reason}", report) from None
                     report.reject(
                         row.source,
                         row.line,
@@ -345,7 +363,7 @@ def load_records(
                 if keep:  # keep=False validates in bounded memory: only the counts remain
                     records.append(record)
     if not report.accepted:
-        raise DataError(f"no valid {what} in {', '.join(paths) or 'no paths'}\n{report.summary()}")
+        raise DataError(f"no valid {what} in {', '.join(paths) or 'no paths'}\n{report.summary()}", report)
     return records, report
 
 
@@ -355,8 +373,15 @@ def load_sft(
     field_map: dict[str, str] | None = None,
     quarantine_path: str | None,
     strict: bool = False,
+    max_record_bytes: int | None = DEFAULT_MAX_RECORD_BYTES,
 ) -> tuple[list[SFTRecord], ValidationReport]:
     """Load SFT records from jsonl/json/csv/parquet/dataset folders/builtins; see `load_records`."""
     return load_records(
-        paths, check_sft, field_map=field_map, quarantine_path=quarantine_path, strict=strict, what="SFT records"
+        paths,
+        check_sft,
+        field_map=field_map,
+        quarantine_path=quarantine_path,
+        strict=strict,
+        what="SFT records",
+        max_record_bytes=max_record_bytes,
     )

@@ -26,7 +26,9 @@ from preference_data.records import (
     RatedRecord,
     SFTRecord,
 )
+from preference_data.text_budget import char_budget
 from preference_data.validate import (
+    DEFAULT_MAX_RECORD_BYTES,
     Rejected,
     ValidationReport,
     _messages,
@@ -281,15 +283,21 @@ def _prompt_and_responses(record) -> tuple[list[str], list[str]]:
     return prompt_texts, list(record.responses)
 
 
-def longest_tokens(record, tokenizer) -> int:
+def longest_tokens(record, tokenizer, max_tokens: int | None = None) -> int:
     """Tokens of the prompt plus its longest response (message contents, no special tokens).
 
     `tokenizer` follows the transformers call convention:
     `tokenizer(list_of_texts, add_special_tokens=False)["input_ids"]`. Chat-template tokens are
     not counted: this is an early filter, and collation still checks the exact length.
+    With `max_tokens`, each text is cut to `text_budget.char_budget(max_tokens)` characters
+    first, so the count is exact up to max_tokens and only "more than max_tokens" beyond it.
     """
     prompt_texts, responses = _prompt_and_responses(record)
-    counts = [len(ids) for ids in tokenizer(prompt_texts + responses, add_special_tokens=False)["input_ids"]]
+    texts = prompt_texts + responses
+    if max_tokens is not None:
+        budget = char_budget(max_tokens)
+        texts = [text[:budget] for text in texts]
+    counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     return sum(counts[: len(prompt_texts)]) + max(counts[len(prompt_texts) :], default=0)
 
 
@@ -306,6 +314,7 @@ def load_kind(
     adapter: str | None = None,
     keep: bool = True,
     progress: bool = False,
+    max_record_bytes: int | None = DEFAULT_MAX_RECORD_BYTES,
 ) -> tuple[list, ValidationReport]:
     """Load records of one kind ("sft", "pairwise", "ranked", "rated", "prompt", or "auto").
 
@@ -345,7 +354,7 @@ def load_kind(
         if key in first_seen:
             raise Rejected(f"duplicate of {where(*first_seen[key])}", "duplicate")
         if tokenizer is not None:
-            length = longest_tokens(record, tokenizer)
+            length = longest_tokens(record, tokenizer, max_tokens)
             if length > max_tokens:
                 raise Rejected(f"too long: {length} tokens > max_tokens {max_tokens}")
         # Registered only once accepted, so "duplicate of" always points at a kept record.
@@ -363,4 +372,5 @@ def load_kind(
         what=what,
         keep=keep,
         progress=progress,
+        max_record_bytes=max_record_bytes,
     )

@@ -38,9 +38,10 @@ class Group:
 def _encode(tokenizer, prompt, response, *, max_length: int, truncation: str, chat_template: bool):
     text = render_for_reward(tokenizer, prompt, response, chat_template=chat_template)
     if truncation == "reject":
-        ids = encode_for_reward(tokenizer, text)
+        # One token more than allowed is enough to tell; a longer text is never tokenised whole.
+        ids = encode_for_reward(tokenizer, text, max_length + 1)
         if len(ids) > max_length:
-            raise TooLong(f"too long: {len(ids)} tokens > max_length {max_length}")
+            raise TooLong(f"too long: more tokens than max_length {max_length}")
         return tuple(ids)
     # The same left-truncation the scorer applies: the reward is read at the end.
     return tuple(encode_for_reward(tokenizer, text, max_length))

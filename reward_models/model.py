@@ -25,6 +25,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from preference_data.text_budget import CUT_MARGIN_TOKENS, char_budget
 from rlhf.config.sections import ModelConfig
 from rlhf.models.adapt import apply_adaptation, quantization_config_for
 from rlhf.models.loading import check_model_path, merged_copy, resolve_model_path
@@ -78,15 +79,34 @@ def encode_for_reward(tokenizer, text: str, max_length: Optional[int] = None) ->
     A leading BOS / CLS token survives truncation: encoders pool the first token, and decoders
     have only ever seen text that starts with BOS.
     """
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    ids, head = _tail_ids(tokenizer, text, max_length)
     if max_length is None or len(ids) <= max_length:
         return list(ids)
-    if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
     leading = {t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id) if t is not None}
-    if ids and ids[0] in leading and max_length > 1:
-        return [ids[0], *ids[len(ids) - (max_length - 1) :]]
+    if head is not None and head in leading and max_length > 1:
+        return [head, *ids[len(ids) - (max_length - 1) :]]
     return list(ids[len(ids) - max_length :])
+
+
+def _tail_ids(tokenizer, text: str, max_length: Optional[int]) -> tuple[list[int], Optional[int]]:
+    """Token ids of the end of ``text`` (all of it when short) and the text's first token id.
+
+    A long text is cut before it is tokenised (see `preference_data.text_budget`): its last
+    ``char_budget(max_length)`` characters give the last tokens, the first ones the leading
+    token; the tokens the cut changes are dropped. The cut doubles when it gives too few tokens.
+    """
+    budget = None if max_length is None else char_budget(max_length)
+    while True:  # at most log2(len(text) / budget) + 1 rounds: the budget doubles each time
+        if budget is None or len(text) <= budget:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            return ids, (ids[0] if ids else None)
+        tail = tokenizer(text[-budget:], add_special_tokens=False)["input_ids"]
+        if len(tail) > max_length + CUT_MARGIN_TOKENS // 2:
+            head = tokenizer(text[:budget], add_special_tokens=False)["input_ids"]
+            return tail[CUT_MARGIN_TOKENS // 2 :], (head[0] if head else None)
+        budget *= 2
 
 
 # ---------------------------------------------------------------------------------------------

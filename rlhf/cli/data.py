@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 
 from preference_data.adapters import ADAPTERS
-from preference_data.validate import DataError
+from preference_data.validate import DEFAULT_MAX_RECORD_BYTES, DataError
 from preference_data.validate_preferences import KINDS, load_kind
 from preference_data.writers import write_jsonl
 
@@ -35,6 +35,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="adapter", choices=sorted(ADAPTERS), help="source format adapter")
     parser.add_argument("--map", action="append", metavar="field=column", help="read a field from another column")
     parser.add_argument("--quarantine", metavar="OUT", help="write rejected records here (jsonl)")
+    parser.add_argument(
+        "--max-record-bytes",
+        type=_record_limit,
+        default=DEFAULT_MAX_RECORD_BYTES,
+        metavar="N",
+        help=f"reject records larger than N bytes as 'record too large' (default {DEFAULT_MAX_RECORD_BYTES}; 0 = no limit)",
+    )
+
+
+def _record_limit(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number of bytes >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expects a whole number of bytes >= 0, got {value}")
+    return value or None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,22 +93,32 @@ def _load(args, paths, **kwargs):
         field_map=_field_map(args.map),
         quarantine_path=args.quarantine,
         adapter=args.adapter,
+        max_record_bytes=args.max_record_bytes,
         **kwargs,
     )
 
 
+def _write_report(path: str, report, error: Exception | None) -> None:
+    content = report.to_dict() if report is not None else {"read": 0, "accepted": 0, "rejected": 0, "reasons": {}}
+    if error is not None:
+        content["error"] = str(error)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(content, handle, indent=2)
+
+
 def _validate(args) -> int:
+    # The report is written whatever happens, so a script reading it always finds one.
     try:
         _, report = _load(
             args, args.paths, strict=args.strict, dedup=not args.no_dedup, keep=False, progress=sys.stderr.isatty()
         )
-    except DataError as err:
-        print(err, file=sys.stderr)
-        return 1
+    except (FileNotFoundError, ValueError) as err:
+        if args.report:
+            _write_report(args.report, getattr(err, "report", None), err)
+        raise
     print(report.summary())
     if args.report:
-        with open(args.report, "w", encoding="utf-8") as handle:
-            json.dump(report.to_dict(), handle, indent=2)
+        _write_report(args.report, report, None)
     return 0 if report.rejected == 0 else 1
 
 
@@ -115,10 +142,12 @@ def _convert(args) -> int:
             f"cannot convert {kind} records to {args.to}; possible: " + ", ".join(f"{a} -> {b}" for a, b in conversions)
         )
     written = write_jsonl(out, args.output)
-    print(report.summary())
-    print(f"wrote {written} {args.to} records to {args.output}")
+    # With the records on stdout (`-`), what is said about them goes to stderr.
+    say = sys.stderr if args.output == "-" else sys.stdout
+    print(report.summary(), file=say)
+    print(f"wrote {written} {args.to} records to {'stdout' if args.output == '-' else args.output}", file=say)
     if note is not None:
-        print("conversion: " + json.dumps({k: v for k, v in note.to_dict().items() if v}, default=str)[:2000])
+        print("conversion: " + json.dumps({k: v for k, v in note.to_dict().items() if v}, default=str)[:2000], file=say)
     return 0 if report.rejected == 0 else 1
 
 

@@ -118,3 +118,42 @@ def single_row_like(ids, labels):
     from preference_data.collate import TokenizedExample
 
     return single_row(TokenizedExample(ids, labels))
+
+
+class _SpyTokenizer:
+    """Delegates to a tokenizer and records the length of every text it is asked to encode."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.lengths: list[int] = []
+
+    def __call__(self, text, **kwargs):
+        self.lengths.append(len(text))
+        return self._tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_long_text_is_cut_before_tokenising_and_matches_the_whole_tokenisation(tiny_tokenizer):
+    from preference_data.collate import assistant_spans
+    from preference_data.text_budget import CHARS_PER_TOKEN_BOUND
+
+    completion = "".join(f"word{i % 97} " for i in range(1_000_000))[: 8 * 1024 * 1024]
+    record = SFTRecord(({"role": "user", "content": "say it"}, {"role": "assistant", "content": completion}), "x", 1)
+    max_length = 300
+    spy = _SpyTokenizer(tiny_tokenizer)
+    example = tokenize_sft(record, spy, max_length=max_length)
+    assert max(spy.lengths) <= CHARS_PER_TOKEN_BOUND * (max_length + 64)
+    # Independent reference: the whole conversation tokenised, then cut to max_length.
+    text, spans = assistant_spans(tiny_tokenizer, record.messages)
+    whole = tiny_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = whole["input_ids"][:max_length]
+    labels = [
+        token if any(s < e2 and e > s2 for s2, e2 in spans) else IGNORE_INDEX
+        for token, (s, e) in zip(ids, whole["offset_mapping"])
+    ]
+    assert example.input_ids == tuple(ids) and example.labels == tuple(labels)
+    with pytest.raises(TooLong):
+        tokenize_sft(record, spy, max_length=max_length, truncation="reject")
+    assert max(spy.lengths) <= CHARS_PER_TOKEN_BOUND * (max_length + 64)

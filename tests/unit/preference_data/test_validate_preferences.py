@@ -443,3 +443,25 @@ def test_load_kind_sft_matches_load_sft(tmp_path):
         ({"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}),
         (U, A),
     ]
+
+
+def test_length_filter_tokenises_at_most_a_bounded_prefix_of_each_text(tmp_path):
+    from preference_data.text_budget import char_budget
+
+    seen: list[int] = []
+
+    class Spy(WhitespaceTokenizer):
+        def __call__(self, texts, add_special_tokens=False):
+            seen.extend(len(t) for t in texts)
+            return super().__call__(texts, add_special_tokens=add_special_tokens)
+
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "a b", "chosen": "c", "rejected": "d"},
+            {"prompt": "a", "chosen": "w " * 200_000, "rejected": "d"},
+        ],
+    )
+    records, report = load_kind(path, "pairwise", quarantine_path=None, max_tokens=10, tokenizer=Spy())
+    assert [r.line for r in records] == [1] and report.reasons == {"too long": 1}
+    assert max(seen) <= char_budget(10)
