@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", required=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--request-timeout", type=float, default=10.0, help="seconds per read of a connection")
+    serve.add_argument("--max-connections", type=int, default=64, help="connections served at once")
     serve.add_argument(
         "--annotators-per-task", type=int, default=1, dest="per_task", help="judgements wanted per task (default 1)"
     )
@@ -196,7 +198,14 @@ def _run(args) -> int:
             store.close()
             raise ValueError(f"the annotation server is not available ({err})") from None
         try:
-            serve(store, host=args.host, port=args.port, per_task=args.per_task)
+            serve(
+                store,
+                host=args.host,
+                port=args.port,
+                per_task=args.per_task,
+                request_timeout=args.request_timeout,
+                max_connections=args.max_connections,
+            )
         finally:
             store.close()
         return 0

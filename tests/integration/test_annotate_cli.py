@@ -124,3 +124,14 @@ def test_import_export_round_trip(tmp_path, capsys):
     assert main(["annotate", "import", "--tasks", bad, "--db", db]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{bad}:1:" in err[0] and "at least 2" in err[0]
+
+
+def test_serve_passes_the_connection_limits_to_the_server(tmp_path, monkeypatch):
+    import preference_data.annotation.server as server
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda store, **kwargs: seen.update(kwargs))
+    tasks = write(tmp_path / "tasks.jsonl", [{"id": "a", "prompt": "Hi?", "responses": ["Hello.", "No."]}])
+    argv = ["annotate", "serve", "--tasks", tasks, "--db", str(tmp_path / "ann.db"), "--port", "0"]
+    assert main([*argv, "--request-timeout", "2.5", "--max-connections", "8"]) == 0
+    assert seen["request_timeout"] == 2.5 and seen["max_connections"] == 8 and seen["port"] == 0
