@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     except RUN_ERRORS as err:
         print(f"rlhf {args.command}: {describe_run_error(err)}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a peer froze or died: every process that notices stops here
+        from rlhf.runtime.liveness import EXIT_CODE, describe_collective_failure, is_collective_failure
+
+        if not is_collective_failure(err):
+            raise
+        print(f"rlhf {args.command}: {describe_collective_failure(err)}", file=sys.stderr)
+        return EXIT_CODE
     return 0
 
 

@@ -6,8 +6,9 @@ from collections.abc import Iterable
 from typing import Any
 
 # Keys that may change when a run is resumed without making it another run: how long it goes
-# on, how it logs and checkpoints, and what to do on a non-finite value. A longer max_steps also
-# stretches the learning-rate decay from the resumed step on.
+# on, how it logs and checkpoints, what to do on a non-finite value and how long its processes
+# wait for each other. A longer max_steps also stretches the learning-rate decay from the
+# resumed step on.
 RESUME_SAFE = (
     "max_steps",
     "epochs",
@@ -17,6 +18,7 @@ RESUME_SAFE = (
     "checkpoint.",
     "tracking.",
     "nonfinite.",
+    "runtime.",
 )
 
 

@@ -5,6 +5,7 @@ Each field's ``doc`` is its documentation; ``rlhf <stage> --help-config`` prints
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -69,6 +70,19 @@ class OptimConfig:
     )
     max_grad_norm: float = param(1.0, "Global gradient-norm clipping threshold (0 = off).")
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"optim.lr must be a finite number >= 0, got {self.lr:g}")
+        betas = list(self.betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {betas}")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps must be > 0, got {self.eps:g}")
+        for name in ("weight_decay", "warmup_steps", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"optim.{name} must be >= 0, got {value:g}")
+
 
 @dataclass(frozen=True)
 class BatchConfig:
@@ -76,6 +90,11 @@ class BatchConfig:
 
     micro_batch_size: int = param(8, "Sequences per forward pass on one process.")
     grad_accum: int = param(1, "Micro-batches accumulated per optimizer step on each process.")
+
+    def __post_init__(self) -> None:
+        for name in ("micro_batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"batch.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +166,22 @@ class PrecisionConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """How the processes of a launch wait for each other."""
+
+    collective_timeout_s: float = param(
+        1800.0,
+        "Seconds a collective call (gradient all-reduce, barrier, ...) waits for the other processes "
+        "before every waiting process stops, naming the stage and step (exit code 4). A pipeline's "
+        "first stage sets it for the whole launch.",
+    )
+
+    def __post_init__(self) -> None:
+        if not self.collective_timeout_s > 0:
+            raise ValueError(f"collective_timeout_s must be > 0, got {self.collective_timeout_s}")
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """Keys every stage has, so `output_dir=... max_steps=...` work the same way for each.
 
@@ -168,6 +203,7 @@ class StageConfig:
     checkpoint: CheckpointConfig = param(default_factory=CheckpointConfig, doc="Checkpoints.")
     nonfinite: NonFiniteConfig = param(default_factory=NonFiniteConfig, doc="NaN / inf: stop or skip.")
     tracking: TrackingConfig = param(default_factory=TrackingConfig, doc="Logging.")
+    runtime: RuntimeConfig = param(default_factory=RuntimeConfig, doc="Multi-process launches.")
 
 
 @dataclass(frozen=True)
@@ -178,6 +214,30 @@ class DatasetStageConfig(StageConfig):
     max_steps: int = param(100, "Optimizer steps (<= 0: derive from `epochs`).")
     epochs: float = param(1.0, "Passes over the training data, used when max_steps <= 0.")
     eval_steps: int = param(0, "Evaluate every N steps (0 = only at the end).")
+
+    def __post_init__(self) -> None:
+        if self.max_steps <= 0 and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(
+                f"epochs must be > 0 when max_steps <= 0, got epochs={self.epochs:g} (max_steps={self.max_steps})"
+            )
+
+
+def check_eval_fraction(value: float) -> None:
+    """Raises ValueError unless ``value`` is a held-out share in [0, 1) (data.eval_fraction)."""
+    if not 0 <= value < 1:
+        raise ValueError(f"data.eval_fraction must be in [0, 1), got {value:g}")
+
+
+def check_max_record_bytes(value: int) -> None:
+    """Raises ValueError for a negative data.max_record_bytes."""
+    if value < 0:
+        raise ValueError(f"data.max_record_bytes must be >= 0 (0 = no limit), got {value}")
+
+
+MAX_RECORD_BYTES_DOC = (
+    "Records larger than this many bytes (as UTF-8 JSON; a jsonl line as read) are quarantined as "
+    "'record too large' without being parsed (0 = no limit)."
+)
 
 
 # The reference policy of PPO and DPO: one key, `reference`, with the same values in both.

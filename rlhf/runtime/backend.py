@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import os
 import random
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from rlhf.runtime import liveness
 
 
 class LaunchError(RuntimeError):
@@ -101,6 +104,9 @@ class Backend:
         grad_accum: micro-batches per optimizer step on each process.
         micro_batch_size: sequences per forward pass (DeepSpeed needs it in its config).
         max_grad_norm: global grad-norm clipping threshold, 0 disables.
+        collective_timeout_s: seconds a collective call waits for the other processes before it
+            fails (the process-group timeout; the first stage of a launch sets it).
+        stage: the stage's name, for messages.
     """
 
     def __init__(
@@ -111,7 +117,13 @@ class Backend:
         grad_accum: int = 1,
         micro_batch_size: int = 1,
         max_grad_norm: float = 1.0,
+        collective_timeout_s: float = 1800.0,
+        stage: str | None = None,
     ) -> None:
+        if collective_timeout_s <= 0:
+            raise ValueError(f"collective_timeout_s must be > 0, got {collective_timeout_s}")
+        if os.environ.get("LOCAL_RANK") is not None:
+            liveness.exit_with_launcher()  # a rank does not outlive its launcher
         if not torch.cuda.is_available():
             # DeepSpeed otherwise probes for a CUDA accelerator and fails at import.
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -119,10 +131,19 @@ class Backend:
         from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
         handlers = []
-        if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # accelerate defaults to a backend that does not exist on CPU for DeepSpeed
-            # launches; gloo is the CPU collective backend.
-            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # The timeout reaches torch.distributed and, for DeepSpeed launches, deepspeed's
+            # init_distributed alike. accelerate defaults to a backend that does not exist on CPU
+            # for DeepSpeed launches; gloo is the CPU collective backend.
+            timeout = datetime.timedelta(seconds=collective_timeout_s)
+            if not torch.distributed.is_initialized():  # later stages reuse the group and its timeout
+                liveness.set_timeout(collective_timeout_s)
+            if torch.cuda.is_available():
+                handlers.append(InitProcessGroupKwargs(timeout=timeout))
+            else:
+                handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timeout))
+        self.stage = stage
+        self.collective_timeout_s = collective_timeout_s
         self.seed = seed
         self.grad_accum = grad_accum
         self.max_grad_norm = max_grad_norm
@@ -153,6 +174,10 @@ class Backend:
             ds_config["train_batch_size"] = micro_batch_size * grad_accum * acc.num_processes
             ds_config["gradient_clipping"] = max_grad_norm
         seed_everything(seed)
+
+    def at_step(self, step: int) -> None:
+        """Marks the start of optimizer step ``step`` (named if a collective call fails)."""
+        liveness.at_step(self.stage, step)
 
     # ----------------------------------------------------------------- who am I
     @property

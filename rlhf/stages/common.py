@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from preference_data.readers import BUILTIN_PREFIX
 from preference_data.sampling import batched, mixture_stream
 from rlhf.config.diff import RESUME_SAFE, config_changes, shown
-from rlhf.config.loader import save_config, to_dict
+from rlhf.config.loader import ConfigError, save_config, to_dict
 from rlhf.models.fingerprint import write_fingerprint
 from rlhf.models.loading import save_model
 from rlhf.runtime import run_folder
@@ -35,6 +36,23 @@ def stage_name(cfg) -> str:
     return type(cfg).__name__.removesuffix("Config").lower()
 
 
+# The data keys of each stage config that name files to read.
+_DATA_KEYS = ("train", "eval", "prompts")
+
+
+def check_data_paths(cfg) -> None:
+    """ConfigError naming the key for a data file or folder that does not exist (builtin:NAME
+    sources are generated, not read), so a run is refused before it writes anything."""
+    data = getattr(cfg, "data", None)
+    for key in _DATA_KEYS:
+        for path in getattr(data, key, None) or ():
+            if not str(path).startswith(BUILTIN_PREFIX) and not os.path.exists(os.path.expanduser(path)):
+                raise ConfigError(
+                    f"data.{key}: {path}: no such file or folder; expected a jsonl / json / csv / "
+                    "parquet file, a datasets folder or builtin:NAME"
+                )
+
+
 def start(cfg) -> Backend:
     """The backend for a stage config, once the output folder is this run's: checked (see
     :mod:`rlhf.runtime.run_folder`), locked, and holding the run file and resolved config."""
@@ -43,6 +61,7 @@ def start(cfg) -> Backend:
     from rlhf.models.loading import check_model_path
 
     check_model_path(cfg.model.name_or_path)  # before anything is written
+    check_data_paths(cfg)
     hf_logging.disable_progress_bar()  # per-shard load/save bars would bury the training bar
     backend = Backend(
         seed=cfg.seed,
@@ -50,6 +69,8 @@ def start(cfg) -> Backend:
         grad_accum=cfg.batch.grad_accum,
         micro_batch_size=cfg.batch.micro_batch_size,
         max_grad_norm=cfg.optim.max_grad_norm,
+        collective_timeout_s=cfg.runtime.collective_timeout_s,
+        stage=stage_name(cfg),
     )
     stage = stage_name(cfg)
     inputs = input_fingerprints(cfg)

@@ -23,9 +23,12 @@ from preference_data.splits import split_by_prompt
 from preference_data.validate_preferences import load_kind
 from rlhf.config.loader import param
 from rlhf.config.sections import (
+    MAX_RECORD_BYTES_DOC,
     REFERENCE_DOC,
     DatasetStageConfig,
     ReferenceChoice,
+    check_eval_fraction,
+    check_max_record_bytes,
     check_reference,
     resolve_reference,
 )
@@ -52,6 +55,11 @@ class DPODataConfig:
     max_length: int = param(512, "Longest prompt + response in tokens (longer pairs are truncated on the right).")
     chat_template: bool = param(True, "Render with the tokenizer's chat template (as SFT does).")
     strict: bool = param(False, "Fail on the first rejected record.")
+    max_record_bytes: int = param(1 << 20, MAX_RECORD_BYTES_DOC)
+
+    def __post_init__(self) -> None:
+        check_eval_fraction(self.eval_fraction)
+        check_max_record_bytes(self.max_record_bytes)
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class DPOConfig(DatasetStageConfig):
     reference: ReferenceChoice = param("precompute", REFERENCE_DOC)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_reference(
             self.reference,
             self.model.adapt.strategy,
@@ -156,6 +165,7 @@ def _load_data(cfg: DPOConfig, tokenizer, backend):
         quarantine_path=quarantine,
         strict=data.strict,
         adapter=data.adapter,
+        max_record_bytes=data.max_record_bytes or None,
     )
     if data.eval:
         eval_records, _ = load_kind(
@@ -165,6 +175,7 @@ def _load_data(cfg: DPOConfig, tokenizer, backend):
             quarantine_path=None,
             strict=data.strict,
             adapter=data.adapter,
+            max_record_bytes=data.max_record_bytes or None,
         )
     else:
         records, eval_records = split_by_prompt(records, data.eval_fraction, cfg.seed)
@@ -344,6 +355,7 @@ def run(cfg: DPOConfig) -> dict:
     micro = cfg.batch.micro_batch_size
     policy.train()
     for step in range(start_step + 1, max_steps + 1):
+        backend.at_step(step)
         step_start = time.time()
         pairs = next(batches)
         sums = dict.fromkeys(("loss", "tokens", *METRICS), 0.0)  # metrics weighted by the pairs they cover

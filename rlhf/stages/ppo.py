@@ -188,6 +188,7 @@ def _setup(cfg: PPOConfig) -> _Run:
 def _step(r: _Run, step: int) -> None:
     """One PPO step: rollout, score, advantages, update, KL controller and metrics."""
     cfg, backend = r.cfg, r.backend
+    backend.at_step(step)
     # Step 1 and 2: rollout, scores, and the no-grad passes the update compares against.
     rollout = sample_and_score(r, step)
     mask = rollout.mask

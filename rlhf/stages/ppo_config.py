@@ -7,10 +7,12 @@ from typing import Literal, Optional
 
 from rlhf.config.loader import param
 from rlhf.config.sections import (
+    MAX_RECORD_BYTES_DOC,
     REFERENCE_DOC,
     AdaptConfig,
     ReferenceChoice,
     StageConfig,
+    check_max_record_bytes,
     check_reference,
     resolve_reference,
 )
@@ -27,6 +29,10 @@ class PPODataConfig:
     max_prompt_length: int = param(256, "Prompts longer than this many tokens are rejected (quarantined).")
     chat_template: bool = param(True, "Render prompts with the tokenizer's chat template (as SFT does).")
     strict: bool = param(False, "Fail on the first rejected record.")
+    max_record_bytes: int = param(1 << 20, MAX_RECORD_BYTES_DOC)
+
+    def __post_init__(self) -> None:
+        check_max_record_bytes(self.max_record_bytes)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from preference_data.text_budget import char_budget
 from preference_data.validate_preferences import load_kind
 from rlhf.math.advantages import masked_moments, moments_to_stats, whiten
 from rlhf.math.ops import token_logprobs
@@ -29,18 +30,17 @@ def load_prompts(cfg, tokenizer, backend) -> tuple[list, object]:
         quarantine_path=quarantine,
         strict=cfg.data.strict,
         adapter=cfg.data.adapter,
+        max_record_bytes=cfg.data.max_record_bytes or None,
     )
     prompts = []
+    limit = cfg.data.max_prompt_length
+    budget = char_budget(limit)  # a longer prompt is cut first: its count is exact up to the limit
     for record in records:
-        length = len(
-            tokenizer(render_prompt(tokenizer, record.prompt, cfg.data.chat_template), add_special_tokens=False)[
-                "input_ids"
-            ]
-        )
-        if length > cfg.data.max_prompt_length:
-            report.reject_accepted(
-                record, f"prompt is {length} tokens, longer than data.max_prompt_length={cfg.data.max_prompt_length}"
-            )
+        text = render_prompt(tokenizer, record.prompt, cfg.data.chat_template)
+        length = len(tokenizer(text[:budget], add_special_tokens=False)["input_ids"])
+        if length > limit:
+            size = f"more than {limit}" if len(text) > budget else str(length)
+            report.reject_accepted(record, f"prompt is {size} tokens, longer than data.max_prompt_length={limit}")
         else:
             prompts.append(record.prompt)
     report.quarantine.close()

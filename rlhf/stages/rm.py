@@ -22,7 +22,12 @@ from reward_models import losses, metrics
 from reward_models.batching import Group, TooLong, collate_groups, grouped_rewards, make_group
 from reward_models.model import load_reward_model, save_reward_model
 from rlhf.config.loader import param
-from rlhf.config.sections import DatasetStageConfig
+from rlhf.config.sections import (
+    MAX_RECORD_BYTES_DOC,
+    DatasetStageConfig,
+    check_eval_fraction,
+    check_max_record_bytes,
+)
 from rlhf.models.adapt import count_parameters
 from rlhf.models.fingerprint import write_fingerprint
 from rlhf.models.loading import load_tokenizer
@@ -54,6 +59,11 @@ class RMDataConfig:
     )
     chat_template: bool = param(True, "Render prompt + response with the tokenizer's chat template.")
     strict: bool = param(False, "Fail on the first rejected record.")
+    max_record_bytes: int = param(1 << 20, MAX_RECORD_BYTES_DOC)
+
+    def __post_init__(self) -> None:
+        check_eval_fraction(self.eval_fraction)
+        check_max_record_bytes(self.max_record_bytes)
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,7 @@ def _load_data(cfg: RMConfig, tokenizer, backend):
         quarantine_path=quarantine,
         strict=data.strict,
         adapter=data.adapter,
+        max_record_bytes=data.max_record_bytes or None,
     )
     if data.eval:
         eval_records, _ = load_kind(
@@ -123,6 +134,7 @@ def _load_data(cfg: RMConfig, tokenizer, backend):
             strict=data.strict,
             quarantine_path=None,
             adapter=data.adapter,
+            max_record_bytes=data.max_record_bytes or None,
         )
     else:
         records, eval_records = split_by_prompt(records, data.eval_fraction, cfg.seed)
@@ -228,6 +240,7 @@ def run(cfg: RMConfig) -> dict:
     micro = cfg.batch.micro_batch_size
     model.train()
     for step in range(start_step + 1, max_steps + 1):
+        backend.at_step(step)
         step_start = time.time()
         groups = next(batches)
         # The counts each loss is averaged over, for the whole global batch.

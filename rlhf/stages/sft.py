@@ -20,7 +20,12 @@ from preference_data.sampling import mixture_stream
 from preference_data.splits import split_by_prompt
 from preference_data.validate import load_sft
 from rlhf.config.loader import param
-from rlhf.config.sections import DatasetStageConfig
+from rlhf.config.sections import (
+    MAX_RECORD_BYTES_DOC,
+    DatasetStageConfig,
+    check_eval_fraction,
+    check_max_record_bytes,
+)
 from rlhf.math.losses import sft_loss
 from rlhf.models.adapt import apply_adaptation, count_parameters
 from rlhf.models.loading import load_causal_lm, load_tokenizer
@@ -52,6 +57,11 @@ class SFTDataConfig:
     packing: bool = param(False, "Pack several examples per row (no cross-example attention).")
     chat_template: bool = param(True, "Render with the tokenizer's chat template.")
     strict: bool = param(False, "Fail on the first rejected record instead of quarantining it.")
+    max_record_bytes: int = param(1 << 20, MAX_RECORD_BYTES_DOC)
+
+    def __post_init__(self) -> None:
+        check_eval_fraction(self.eval_fraction)
+        check_max_record_bytes(self.max_record_bytes)
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,7 @@ def _load_data(cfg: SFTConfig, tokenizer, backend: Backend):
         field_map=data.field_map or None,
         quarantine_path=quarantine,
         strict=data.strict,
+        max_record_bytes=data.max_record_bytes or None,
     )
     sources = [[r for r in records if r.source == path] for path in data.train]
     eval_records = [r for r in records if r.source in data.eval]
@@ -175,6 +186,7 @@ def run(cfg: SFTConfig) -> dict:
     last_eval: dict = {}
     model.train()
     for step in range(start_step + 1, max_steps + 1):
+        backend.at_step(step)
         step_start = time.time()
         rows = next(batches)
         target_tokens = sum(row.num_targets for row in rows)
