@@ -161,3 +161,18 @@ def tiny_untied_llama():
         bos_token_id=None,
     )
     return LlamaForCausalLM(config)
+
+
+class SpyTokenizer:
+    """Delegates to a tokenizer and records the length of every text it is asked to encode."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.lengths: list[int] = []
+
+    def __call__(self, text, **kwargs):
+        self.lengths.append(len(text))
+        return self._tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import SpyTokenizer
 
 from preference_data.collate import IGNORE_INDEX, TooLong, collate_rows, pack, single_row, tokenize_sft
 from preference_data.records import SFTRecord
@@ -120,21 +121,6 @@ def single_row_like(ids, labels):
     return single_row(TokenizedExample(ids, labels))
 
 
-class _SpyTokenizer:
-    """Delegates to a tokenizer and records the length of every text it is asked to encode."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self.lengths: list[int] = []
-
-    def __call__(self, text, **kwargs):
-        self.lengths.append(len(text))
-        return self._tokenizer(text, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-
 def test_long_text_is_cut_before_tokenising_and_matches_the_whole_tokenisation(tiny_tokenizer):
     from preference_data.collate import assistant_spans
     from preference_data.text_budget import CHARS_PER_TOKEN_BOUND
@@ -142,7 +128,7 @@ def test_long_text_is_cut_before_tokenising_and_matches_the_whole_tokenisation(t
     completion = "".join(f"word{i % 97} " for i in range(1_000_000))[: 8 * 1024 * 1024]
     record = SFTRecord(({"role": "user", "content": "say it"}, {"role": "assistant", "content": completion}), "x", 1)
     max_length = 300
-    spy = _SpyTokenizer(tiny_tokenizer)
+    spy = SpyTokenizer(tiny_tokenizer)
     example = tokenize_sft(record, spy, max_length=max_length)
     assert max(spy.lengths) <= CHARS_PER_TOKEN_BOUND * (max_length + 64)
     # Independent reference: the whole conversation tokenised, then cut to max_length.

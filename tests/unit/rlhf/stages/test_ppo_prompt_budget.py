@@ -6,30 +6,19 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+from helpers import SpyTokenizer
+
 from preference_data.text_budget import char_budget
 from rlhf.config.loader import load_config
 from rlhf.stages.ppo_config import PPOConfig
 from rlhf.stages.ppo_rollout import load_prompts
 
 
-class _SpyTokenizer:
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self.lengths: list[int] = []
-
-    def __call__(self, text, **kwargs):
-        self.lengths.append(len(text))
-        return self._tokenizer(text, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-
 def test_long_prompt_is_rejected_without_tokenising_it_whole(tmp_path, tiny_tokenizer):
     path = tmp_path / "prompts.jsonl"
     path.write_text(json.dumps({"prompt": "short one"}) + "\n" + json.dumps({"prompt": "long " * 150_000}) + "\n")
     cfg = load_config(PPOConfig, None, [f"output_dir={tmp_path / 'run'}", f"data.prompts=[{path}]"])
-    spy = _SpyTokenizer(tiny_tokenizer)
+    spy = SpyTokenizer(tiny_tokenizer)
     prompts, report = load_prompts(cfg, spy, SimpleNamespace(is_main=False))
     assert prompts == ["short one"]
     assert (report.accepted, report.rejected) == (1, 1) and report.reasons == {"too long": 1}
