@@ -74,35 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as err:  # OSError: a model folder that does not exist
         print(f"rlhf {args.command}: {err}", file=sys.stderr)
         return 2
-    from rlhf.runtime.errors import RUN_ERRORS, describe_run_error
-    from rlhf.stages.stopped import RunStopped
+    from rlhf.cli.outcome import run_reporting
 
-    try:
-        run_function(args.command)(cfg)
-    except RunStopped as stopped:  # a non-finite value: the stage kept what was good and says why
-        if launched_as_main():  # every process of a launch stops alike; one says so
-            print(f"rlhf {args.command}: {stopped}", file=sys.stderr)
-        return RunStopped.EXIT_CODE
-    except ConfigError as err:  # a choice the engine of this launch cannot honour (known at start)
-        print(f"rlhf {args.command}: {err}", file=sys.stderr)
-        return 2
-    except RUN_ERRORS as err:
-        print(f"rlhf {args.command}: {describe_run_error(err)}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # a peer froze or died: every process that notices stops here
-        from rlhf.runtime.liveness import EXIT_CODE, describe_collective_failure, is_collective_failure
-
-        if not is_collective_failure(err):
-            raise
-        print(f"rlhf {args.command}: {describe_collective_failure(err)}", file=sys.stderr)
-        return EXIT_CODE
-    return 0
-
-
-def launched_as_main() -> bool:
-    from rlhf.runtime.backend import launched_as_main as is_main
-
-    return is_main()
+    # ConfigError: a choice the engine of this launch cannot honour (known at start)
+    return run_reporting(args.command, lambda: run_function(args.command)(cfg), (ConfigError,))
 
 
 if __name__ == "__main__":

@@ -33,11 +33,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from rlhf.cli.outcome import run_reporting
     from rlhf.config.loader import ConfigError, describe, load_config
     from rlhf.orchestration.pipeline import PipelineError, describe_plan, plan, run
     from rlhf.orchestration.pipeline_config import PipelineConfig
-    from rlhf.runtime.errors import RUN_ERRORS, describe_run_error
-    from rlhf.stages.stopped import RunStopped
 
     if args.help_config:
         print(describe(PipelineConfig))
@@ -51,32 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         print("rlhf pipeline: give --config configs/pipeline/<name>.yaml (and/or key=value overrides)", file=sys.stderr)
         return 2
     source = args.config or "command line"
-    try:
+
+    def work() -> None:
         cfg = load_config(PipelineConfig, args.config, args.overrides)
         if args.dry_run:
             print(describe_plan(plan(cfg, source)))
-            return 0
+            return
         run(cfg, source)
-    except RunStopped as stopped:  # the stage stopped on a non-finite value; later stages do not run
-        from rlhf.runtime.backend import launched_as_main
 
-        if launched_as_main():
-            print(f"rlhf pipeline: stage {stopped.stage} {stopped}", file=sys.stderr)
-        return RunStopped.EXIT_CODE
-    except (ConfigError, PipelineError) as err:
-        print(f"rlhf pipeline: {err}", file=sys.stderr)
-        return 2
-    except RUN_ERRORS as err:
-        print(f"rlhf pipeline: {describe_run_error(err)}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # a peer froze or died: every process that notices stops here
-        from rlhf.runtime.liveness import EXIT_CODE, describe_collective_failure, is_collective_failure
-
-        if not is_collective_failure(err):
-            raise
-        print(f"rlhf pipeline: {describe_collective_failure(err)}", file=sys.stderr)
-        return EXIT_CODE
-    return 0
+    return run_reporting("pipeline", work, (ConfigError, PipelineError))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the trials' parameters and stop")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override sweep keys, e.g. trials=4")
     args = parser.parse_args(argv)
+    from rlhf.cli.outcome import run_reporting
     from rlhf.config.loader import ConfigError, describe, load_config
     from rlhf.orchestration.pipeline import PipelineError
     from rlhf.orchestration.sweep import SweepConfig, run, trial_params
-    from rlhf.stages.stopped import RunStopped
 
     if args.help_config:
         print(describe(SweepConfig))
@@ -32,23 +32,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("rlhf sweep: give --config <sweep.yaml>", file=sys.stderr)
         return 2
-    try:
+
+    def work() -> None:
         cfg = load_config(SweepConfig, args.config, args.overrides)
         if args.list:
             for number, params in enumerate(trial_params(cfg)):
                 print(f"trial-{number:03d}: {params}")
-            return 0
+            return
         run(cfg)
-    except RunStopped as stopped:  # a trial's stage stopped on a non-finite value; later trials do not run
-        from rlhf.runtime.backend import launched_as_main
 
-        if launched_as_main():
-            print(f"rlhf sweep: stage {stopped.stage} {stopped}", file=sys.stderr)
-        return RunStopped.EXIT_CODE
-    except (ConfigError, PipelineError) as err:
-        print(f"rlhf sweep: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting("sweep", work, (ConfigError, PipelineError))
 
 
 if __name__ == "__main__":
