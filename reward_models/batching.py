@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
+from preference_data.layout import layout_groups, share_prompt
 from preference_data.records import PairwiseRecord, RankedRecord, RatedRecord
 from reward_models.model import encode_for_reward, render_for_reward
+from rlhf.models.layout import model_inputs
 
 
 class TooLong(ValueError):
@@ -86,31 +89,59 @@ def collate_groups(groups: Sequence[Group], pad_token_id: int) -> dict[str, torc
     k = max(group.size for group in groups)
     index = torch.zeros((len(groups), k), dtype=torch.long)
     mask = torch.zeros((len(groups), k), dtype=torch.bool)
-    ranks = torch.zeros((len(groups), k), dtype=torch.long)
-    targets = torch.zeros((len(groups), k), dtype=torch.float32)
     offset = 0
     for b, group in enumerate(groups):
         index[b, : group.size] = torch.arange(offset, offset + group.size)
         mask[b, : group.size] = True
-        if group.ranks is not None:
-            ranks[b, : group.size] = torch.tensor(group.ranks)
-        if group.targets is not None:
-            targets[b, : group.size] = torch.tensor(group.targets)
         offset += group.size
-    margin = torch.tensor([g.margin or 0.0 for g in groups], dtype=torch.float32)
-    has_margin = torch.tensor([g.margin is not None for g in groups])
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "index": index,
         "mask": mask,
-        "ranks": ranks,
-        "targets": targets,
-        "margin": margin,
-        "has_margin": has_margin,
+        **_group_labels(groups),
     }
 
 
 def grouped_rewards(flat_rewards: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """[N] rewards of the flat batch -> [B, K] per group (0 where the mask is off)."""
     return torch.where(batch["mask"], flat_rewards[batch["index"]], torch.zeros_like(batch["targets"]))
+
+
+def score_groups(model, groups: Sequence[Group], pad_token_id: int, device, layout: Optional[dict] = None):
+    """Rewards [B, K] of the groups' responses (0 where absent) and the batch they were scored from.
+
+    ``layout`` None scores one right-padded row per response (:func:`collate_groups`); else the
+    keyword arguments of ``preference_data.layout.layout_groups`` (``pack``, ``row_tokens``): each
+    group becomes one shared-prompt segment, and the rewards are those of the separate sequences.
+    The batch holds ``tokens_computed`` / ``tokens_unshared`` either way.
+    """
+    if layout is None:
+        batch = collate_groups(groups, pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        flat = model(batch["input_ids"], batch["attention_mask"])
+        batch["tokens_computed"] = batch["tokens_unshared"] = torch.tensor(batch["input_ids"].numel())
+        return grouped_rewards(flat, batch), batch
+    rows = layout_groups([share_prompt(g.sequences) for g in groups], pad_token_id, **layout)
+    batch = {**_group_labels(groups), **rows}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    flat = model(**model_inputs(model, batch, device), read_index=batch["read_index"])
+    return grouped_rewards(flat, batch), batch
+
+
+def _group_labels(groups: Sequence[Group]) -> dict[str, torch.Tensor]:
+    """ranks / targets [B, K] and margin / has_margin [B], as :func:`collate_groups` gives them."""
+    k = max(group.size for group in groups)
+    ranks = torch.zeros((len(groups), k), dtype=torch.long)
+    targets = torch.zeros((len(groups), k), dtype=torch.float32)
+    for b, group in enumerate(groups):
+        if group.ranks is not None:
+            ranks[b, : group.size] = torch.tensor(group.ranks)
+        if group.targets is not None:
+            targets[b, : group.size] = torch.tensor(group.targets)
+    return {
+        "ranks": ranks,
+        "targets": targets,
+        "margin": torch.tensor([g.margin or 0.0 for g in groups], dtype=torch.float32),
+        "has_margin": torch.tensor([g.margin is not None for g in groups]),
+    }

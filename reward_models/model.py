@@ -173,12 +173,31 @@ class ScalarRewardModel(nn.Module):
                 return module
         raise AttributeError(f"{type(self.seqcls).__name__} has no 'score' or 'classifier' head")
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        per_token: bool = False,
+        position_ids: Optional[torch.Tensor] = None,
+        read_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Rewards [B] float32 for ``input_ids`` / ``attention_mask`` [B, T] (any padding side).
 
         ``per_token`` returns the head's output at every position, [B, T] (decoders only): the
         values of a PPO critic, V(prefix up to and including position t).
+
+        Shared-prompt rows (``preference_data.layout``, inputs from ``rlhf.models.layout.model_inputs``):
+        a 4D ``attention_mask`` [R, 1, T, T] with ``position_ids`` [R, T] and ``read_index`` [S],
+        the flat positions whose rewards are read; returns [S].
         """
+        if attention_mask.dim() == 4:
+            if position_ids is None or read_index is None:
+                raise ValueError("a 4D attention mask needs position_ids and read_index")
+            base = getattr(self.seqcls, self.seqcls.base_model_prefix)
+            hidden = base(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+            return self.head(hidden.flatten(0, 1)[read_index])[:, 0].float()
         if per_token and not self.is_decoder:
             raise ValueError("per-token values need a decoder backbone (a causal LM), not an encoder")
         if not self.is_decoder:

@@ -240,6 +240,25 @@ MAX_RECORD_BYTES_DOC = (
 )
 
 
+SHARED_PROMPT_DOC = (
+    "Score a prompt's responses as one row [prompt | response 1 | ... | response K], each response "
+    "attending to the prompt and itself, so the prompt is computed once (same values as separate "
+    "sequences); false = one padded row per response. Needs a decoder with sdpa or eager attention "
+    "(else separate rows, and the log says why)."
+)
+PACK_DOC = (
+    "With shared_prompt: put several groups in a row (first-fit decreasing, no attention across "
+    "groups) instead of one group per row padded to the longest."
+)
+ROW_TOKENS_DOC = "With pack: token budget of a row (0 = the longest group of the micro-batch)."
+
+
+def check_row_tokens(value: int) -> None:
+    """Raises ValueError for a negative data.row_tokens."""
+    if value < 0:
+        raise ValueError(f"data.row_tokens must be >= 0 (0 = the longest group), got {value}")
+
+
 # The reference policy of PPO and DPO: one key, `reference`, with the same values in both.
 ReferenceChoice = Literal["auto", "copy", "lora_disabled", "precompute", "none"]
 REFERENCE_DOC = (

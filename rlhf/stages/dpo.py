@@ -24,11 +24,15 @@ from preference_data.validate_preferences import load_kind
 from rlhf.config.loader import param
 from rlhf.config.sections import (
     MAX_RECORD_BYTES_DOC,
+    PACK_DOC,
     REFERENCE_DOC,
+    ROW_TOKENS_DOC,
+    SHARED_PROMPT_DOC,
     DatasetStageConfig,
     ReferenceChoice,
     check_eval_fraction,
     check_max_record_bytes,
+    check_row_tokens,
     check_reference,
     resolve_reference,
 )
@@ -56,10 +60,18 @@ class DPODataConfig:
     chat_template: bool = param(True, "Render with the tokenizer's chat template (as SFT does).")
     strict: bool = param(False, "Fail on the first rejected record.")
     max_record_bytes: int = param(1 << 20, MAX_RECORD_BYTES_DOC)
+    shared_prompt: bool = param(True, SHARED_PROMPT_DOC)
+    pack: bool = param(True, PACK_DOC)
+    row_tokens: int = param(0, ROW_TOKENS_DOC)
 
     def __post_init__(self) -> None:
         check_eval_fraction(self.eval_fraction)
         check_max_record_bytes(self.max_record_bytes)
+        check_row_tokens(self.row_tokens)
+
+    def layout(self) -> dict:
+        """Keyword arguments of ``preference_data.layout.layout_groups`` for this data."""
+        return {"pack": self.pack, "row_tokens": self.row_tokens}
 
 
 @dataclass(frozen=True)

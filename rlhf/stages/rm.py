@@ -19,17 +19,22 @@ from preference_data import transforms
 from preference_data.splits import split_by_prompt
 from preference_data.validate_preferences import load_kind
 from reward_models import losses, metrics
-from reward_models.batching import Group, TooLong, collate_groups, grouped_rewards, make_group
+from reward_models.batching import Group, TooLong, make_group, score_groups
 from reward_models.model import load_reward_model, save_reward_model
 from rlhf.config.loader import param
 from rlhf.config.sections import (
     MAX_RECORD_BYTES_DOC,
+    PACK_DOC,
+    ROW_TOKENS_DOC,
+    SHARED_PROMPT_DOC,
     DatasetStageConfig,
     check_eval_fraction,
     check_max_record_bytes,
+    check_row_tokens,
 )
 from rlhf.models.adapt import count_parameters
 from rlhf.models.fingerprint import write_fingerprint
+from rlhf.models.layout import shared_layout_unsupported
 from rlhf.models.loading import load_tokenizer
 from rlhf.runtime.optim import build_optimizer
 from rlhf.runtime.tracking import plot_histogram
@@ -60,10 +65,18 @@ class RMDataConfig:
     chat_template: bool = param(True, "Render prompt + response with the tokenizer's chat template.")
     strict: bool = param(False, "Fail on the first rejected record.")
     max_record_bytes: int = param(1 << 20, MAX_RECORD_BYTES_DOC)
+    shared_prompt: bool = param(True, SHARED_PROMPT_DOC)
+    pack: bool = param(True, PACK_DOC)
+    row_tokens: int = param(0, ROW_TOKENS_DOC)
 
     def __post_init__(self) -> None:
         check_eval_fraction(self.eval_fraction)
         check_max_record_bytes(self.max_record_bytes)
+        check_row_tokens(self.row_tokens)
+
+    def layout(self) -> dict:
+        """Keyword arguments of ``preference_data.layout.layout_groups`` for this data."""
+        return {"pack": self.pack, "row_tokens": self.row_tokens}
 
 
 @dataclass(frozen=True)
@@ -163,15 +176,14 @@ def _objective_for(data: RMDataConfig) -> str:
     return "pairwise" if data.kind == "pairwise" else "kwise"
 
 
-def _score_groups(model, groups, backend, micro: int, pad_id: int) -> list[list[float]]:
+def _score_groups(model, groups, backend, micro: int, pad_id: int, layout) -> list[list[float]]:
     """Rewards of every group's responses, gathered on all processes (same order as ``groups``)."""
     model.eval()
     scored: list[tuple[int, list[float]]] = []
     with torch.no_grad():
         for chunk in common.eval_shards(len(groups), backend, micro):
-            batch = collate_groups([groups[i] for i in chunk] or groups[:1], pad_id)
-            rewards = model(batch["input_ids"].to(backend.device), batch["attention_mask"].to(backend.device))
-            per_group = grouped_rewards(rewards.float().cpu(), batch)
+            per_group, _ = score_groups(model, [groups[i] for i in chunk] or groups[:1], pad_id, backend.device, layout)
+            per_group = per_group.float().cpu()
             for row, i in enumerate(chunk):
                 scored.append((i, per_group[row, : groups[i].size].tolist()))
     model.train()
@@ -179,11 +191,11 @@ def _score_groups(model, groups, backend, micro: int, pad_id: int) -> list[list[
     return [rewards for _, rewards in gathered]
 
 
-def evaluate(model, groups, backend, micro: int, pad_id: int) -> tuple[dict, list[float]]:
+def evaluate(model, groups, backend, micro: int, pad_id: int, layout=None) -> tuple[dict, list[float]]:
     """Pairwise accuracy, precision / recall / F1, Kendall tau, calibration; and the margins."""
     if not groups:
         return {}, []
-    scored = _score_groups(model, groups, backend, micro, pad_id)
+    scored = _score_groups(model, groups, backend, micro, pad_id, layout)
     chosen, rejected, items = [], [], []
     for group, rewards in zip(groups, scored):
         if group.ranks is None:
@@ -224,6 +236,7 @@ def run(cfg: RMConfig) -> dict:
     max_steps = common.total_steps(cfg, len(train), global_batch)
     optimizer, scheduler = build_optimizer(model, cfg.optim, max_steps)
     model, optimizer = backend.prepare(model, optimizer, scheduler)
+    layout, no_layout = _layout(cfg.data, backend.unwrap(model))
     start_step, resume = common.resume(cfg, backend)
     tracker = common.tracker(cfg, backend, steps=max_steps, start_step=start_step, stage="rm")
     guard.begin(model, tracker, resume, started=started, plot_keys=("loss", "train_accuracy", "eval_accuracy"))
@@ -233,6 +246,8 @@ def run(cfg: RMConfig) -> dict:
         f"{backend.world_size} process(es), {backend.distributed_type}; trainable {trainable:,} / {total:,}; "
         f"{max_steps} steps of {global_batch} groups" + (f"; resumed at {start_step} from {resume}" if resume else "")
     )
+    if no_layout:
+        tracker.write(f"rm: shared-prompt rows off ({no_layout}); one padded row per response")
 
     # Loop: every process walks the same global batches of groups and takes its own slice.
     batches = common.global_batches(common.shuffled_stream(train, cfg.seed), global_batch, start_step)
@@ -246,13 +261,10 @@ def run(cfg: RMConfig) -> dict:
         # The counts each loss is averaged over, for the whole global batch.
         count = sum(g.size for g in groups) if objective == "regression" else len(groups)
         responses = sum(g.size for g in groups)
-        sums = {"loss": 0.0, "correct_pairs": 0.0, "pairs": 0.0}
+        sums = dict.fromkeys(("loss", "correct_pairs", "pairs", "tokens_computed", "tokens_unshared"), 0.0)
         for chunk in common.micro_batches(groups, backend, micro, cfg.batch.grad_accum):
-            batch = collate_groups(chunk, pad_id)
-            batch = {k: v.to(backend.device) for k, v in batch.items()}
             with backend.accumulate(model):
-                flat = model(batch["input_ids"], batch["attention_mask"])
-                rewards = grouped_rewards(flat, batch)
+                rewards, batch = score_groups(model, chunk, pad_id, backend.device, layout)
                 loss, info = _objective(rewards, batch, objective, count)
                 if cfg.center_coef > 0:
                     center, _ = losses.centering_loss(rewards, cfg.center_coef, batch["mask"], normalizer=responses)
@@ -262,6 +274,8 @@ def run(cfg: RMConfig) -> dict:
             sums["loss"] += float(loss.detach())
             sums["correct_pairs"] += float(info.get("accuracy", 0.0)) * pairs
             sums["pairs"] += pairs
+            sums["tokens_computed"] += float(batch["tokens_computed"])
+            sums["tokens_unshared"] += float(batch["tokens_unshared"])
         grad_norm, stepped = guard.optimizer_step(step, model, optimizer, scheduler, sums["loss"])
         totals = backend.all_reduce_sums(sums)
         pairs = totals["pairs"]
@@ -274,13 +288,15 @@ def run(cfg: RMConfig) -> dict:
                 "grad_norm": grad_norm,
                 "sequences_per_s": responses / max(time.time() - step_start, 1e-9),
                 "step_time_s": time.time() - step_start,
+                "tokens_computed": totals["tokens_computed"],
+                "tokens_unshared": totals["tokens_unshared"],
                 **guard.counts(),
             }
             if pairs:
                 row["train_accuracy"] = totals["correct_pairs"] / pairs
             tracker.log(step, row)
         if cfg.eval_steps and step % cfg.eval_steps == 0 and step != max_steps:
-            result, _ = evaluate(model, eval_groups, backend, micro, pad_id)
+            result, _ = evaluate(model, eval_groups, backend, micro, pad_id, layout)
             tracker.log(step, {k: v for k, v in result.items() if k != "calibration"})
         if cfg.checkpoint.save_steps and step % cfg.checkpoint.save_steps == 0 and step != max_steps:
             guard.save_checkpoint(step, model, {"data_position": step * global_batch})
@@ -288,7 +304,7 @@ def run(cfg: RMConfig) -> dict:
 
     # Save: checkpoint (parameters checked), eval, the model folder, then the normalisation fitted with it.
     guard.save_checkpoint(max_steps, model, {"data_position": max_steps * global_batch})
-    result, margins = evaluate(model, eval_groups, backend, micro, pad_id)
+    result, margins = evaluate(model, eval_groups, backend, micro, pad_id, layout)
     if result:
         tracker.log(max_steps, {k: v for k, v in result.items() if k != "calibration"})
     state_dict = backend.full_state_dict(model)
@@ -324,6 +340,14 @@ def run(cfg: RMConfig) -> dict:
     tracker.finish(summary, plot_keys=("loss", "train_accuracy", "eval_accuracy"))
     backend.end()
     return summary
+
+
+def _layout(data: RMDataConfig, model) -> tuple[Optional[dict], str]:
+    """The shared-prompt layout options (None = separate rows), and why it is off when asked for."""
+    if not data.shared_prompt:
+        return None, ""
+    why = "an encoder reads its first token" if not model.is_decoder else shared_layout_unsupported(model)
+    return (None, why) if why else (data.layout(), "")
 
 
 def _fit_normalization(cfg: RMConfig, model_dir: Path) -> dict:

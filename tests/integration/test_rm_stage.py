@@ -128,3 +128,40 @@ def test_split_of_the_global_batch_does_not_change_the_update(tmp_path):
     wa, wb = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], atol=2e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "config,train,micro",
+    [
+        ("tiny", "['builtin:judged-pairwise?n=64']", 8),
+        ("tiny_ranked", "['builtin:judged-ranked?n=48']", 4),
+        ("tiny_rated", "['builtin:judged-rated?n=48']", 4),
+    ],
+)
+def test_shared_prompt_rows_train_as_separate_rows_do(tmp_path, config, train, micro):
+    """The same losses and weights with the prompt computed once as with one row per response."""
+    from safetensors.torch import load_file
+
+    common = [f"data.train={train}", "max_steps=3", "optim.lr=1e-3", f"batch.micro_batch_size={micro}"]
+    common += ["normalize.data=null", "data.eval_fraction=0.1"]
+    runs = {}
+    for name, extra in {
+        "separate": ["data.shared_prompt=false"],
+        "shared": ["data.shared_prompt=true", "data.pack=false"],
+        "packed": ["data.shared_prompt=true", "data.row_tokens=400"],
+    }.items():
+        summary, out = rm(tmp_path, config, name, *common, *extra)
+        rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in rows if "tokens_computed" in r]
+        weights = load_file(str(out / "model" / "model.safetensors"))
+        runs[name] = (summary, [r["loss"] for r in steps], steps, weights)
+    base_summary, base_losses, base_steps, base_weights = runs["separate"]
+    for name in ("shared", "packed"):
+        summary, losses, steps, weights = runs[name]
+        assert losses == pytest.approx(base_losses, abs=1e-5)
+        assert summary["eval_accuracy"] == base_summary["eval_accuracy"]
+        for key, value in base_weights.items():
+            torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=0, msg=key)
+        # Fewer tokens go through the model: the prompt once per group, and less padding.
+        assert sum(r["tokens_computed"] for r in steps) < sum(r["tokens_computed"] for r in base_steps)
+        assert all(r["tokens_unshared"] == b["tokens_computed"] for r, b in zip(steps, base_steps))
