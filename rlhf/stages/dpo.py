@@ -18,6 +18,7 @@ import torch
 
 from preference_data import transforms
 from preference_data.collate import TooLong, collate_rows, single_row, tokenize_sft
+from preference_data.layout import layout_groups, share_prompt
 from preference_data.records import SFTRecord
 from preference_data.splits import split_by_prompt
 from preference_data.validate_preferences import load_kind
@@ -32,13 +33,14 @@ from rlhf.config.sections import (
     ReferenceChoice,
     check_eval_fraction,
     check_max_record_bytes,
-    check_row_tokens,
     check_reference,
+    check_row_tokens,
     resolve_reference,
 )
 from rlhf.math.losses import dpo_loss
 from rlhf.math.ops import shift_labels, token_logprobs
 from rlhf.models.adapt import apply_adaptation, count_parameters, disable_dropout
+from rlhf.models.layout import response_logprobs, shared_layout_unsupported
 from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.runtime.optim import build_optimizer
 from rlhf.stages import common, dpo_reference
@@ -199,31 +201,64 @@ def _load_data(cfg: DPOConfig, tokenizer, backend):
     return train, evaluation, report
 
 
-def _sequence_logps(model, pairs: list[Pair], pad_id: int, device, length_normalize: bool):
-    """Per-sequence log-probs of the final replies: chosen [B] and rejected [B], one forward."""
-    batch = collate_rows([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits
-    targets = shift_labels(batch["labels"].to(device))
-    token_logps = token_logprobs(logits, targets)
-    mask = (targets != -100).float()
-    logps = token_logps.sum(-1)
-    lengths = mask.sum(-1).clamp(min=1)
+def _layout(data: DPODataConfig, model) -> tuple[Optional[dict], str]:
+    """The shared-prompt layout options (None = separate rows), and why it is off when asked for."""
+    if not data.shared_prompt:
+        return None, ""
+    why = shared_layout_unsupported(model)
+    return (None, why) if why else (data.layout(), "")
+
+
+def _sequence_logps(model, pairs: list[Pair], pad_id: int, device, cfg: DPOConfig):
+    """Per-sequence log-probs of the final replies: chosen [B] and rejected [B], one forward.
+
+    Without a layout (``data.shared_prompt`` false, or a model that cannot take one) chosen and
+    rejected are separate right-padded rows; with it each pair is one shared-prompt segment and
+    only the positions predicting reply tokens go through the language-model head.
+    Returns chosen, rejected, the chosen replies' per-token NLL [B], and token counts.
+    """
     n = len(pairs)
-    chosen_nll = -logps[:n] / lengths[:n]
-    if length_normalize:
-        logps = logps / lengths
-    return logps[:n], logps[n:], int(mask.sum()), chosen_nll
+    layout, _ = _layout(cfg.data, model)
+    if layout is None:
+        batch = collate_rows([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs, use_cache=False).logits
+        targets = shift_labels(batch["labels"].to(device))
+        logps = token_logprobs(logits, targets).sum(-1)
+        lengths = (targets != -100).float().sum(-1)
+        computed = unshared = batch["input_ids"].numel()
+        chosen, rejected = logps[:n], logps[n:]
+        chosen_length, rejected_length = lengths[:n], lengths[n:]
+    else:
+        groups = [
+            share_prompt((p.chosen.input_ids, p.rejected.input_ids), (p.chosen.labels, p.rejected.labels))
+            for p in pairs
+        ]
+        batch = layout_groups(groups, pad_id, **layout)
+        logps, lengths = response_logprobs(model, batch, device)
+        computed, unshared = int(batch["tokens_computed"]), int(batch["tokens_unshared"])
+        chosen, rejected = logps[0::2], logps[1::2]  # responses in group order: (chosen, rejected) per pair
+        chosen_length, rejected_length = lengths[0::2], lengths[1::2]
+    counts = {
+        "tokens": float(chosen_length.sum() + rejected_length.sum()),
+        "tokens_computed": float(computed),
+        "tokens_unshared": float(unshared),
+    }
+    chosen_length, rejected_length = chosen_length.clamp(min=1), rejected_length.clamp(min=1)
+    chosen_nll = -chosen / chosen_length
+    if cfg.dpo.resolved_length_normalize():
+        chosen, rejected = chosen / chosen_length, rejected / rejected_length
+    return chosen, rejected, chosen_nll, counts
 
 
 @torch.no_grad()
-def _reference_logps(model, pairs, backend, micro: int, pad_id: int, length_normalize: bool) -> torch.Tensor:
+def _reference_logps(model, pairs, backend, cfg: DPOConfig, pad_id: int) -> torch.Tensor:
     """[N, 2] reference log-probs of every pair, computed with ``model`` on all processes."""
     model.eval()
     rows = []
-    for chunk in common.eval_shards(len(pairs), backend, micro):
+    for chunk in common.eval_shards(len(pairs), backend, cfg.batch.micro_batch_size):
         chosen, rejected, _, _ = _sequence_logps(
-            model, [pairs[i] for i in chunk] or pairs[:1], pad_id, backend.device, length_normalize
+            model, [pairs[i] for i in chunk] or pairs[:1], pad_id, backend.device, cfg
         )
         rows += [(i, float(c), float(r)) for i, c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
     model.train()
@@ -245,10 +280,9 @@ def _reference_cache(cfg: DPOConfig, model, train, evaluation, backend, pad_id: 
         return cache
     if why and backend.is_main:
         print(f"dpo: reference log-probs cache not used, recomputing: {why}", flush=True)
-    micro, normalize = cfg.batch.micro_batch_size, cfg.dpo.resolved_length_normalize()
     cache = {
-        "train": _reference_logps(model, train, backend, micro, pad_id, normalize),
-        "eval": _reference_logps(model, evaluation, backend, micro, pad_id, normalize),
+        "train": _reference_logps(model, train, backend, cfg, pad_id),
+        "eval": _reference_logps(model, evaluation, backend, cfg, pad_id),
     }
     if backend.is_main:
         dpo_reference.save(path, cache, made_with)
@@ -269,21 +303,15 @@ def _reference_for(pairs, split: str, cfg: DPOConfig, cache, reference_model, po
         if cfg.resolved_reference() == "copy":
             # Under the policy's autocast also outside backend.accumulate (in evaluate).
             with backend.autocast():
-                chosen, rejected, _, _ = _sequence_logps(
-                    reference_model, pairs, pad_id, device, cfg.dpo.resolved_length_normalize()
-                )
+                chosen, rejected, _, _ = _sequence_logps(reference_model, pairs, pad_id, device, cfg)
         else:
             with backend.unwrap(policy).disable_adapter():
-                chosen, rejected, _, _ = _sequence_logps(
-                    policy, pairs, pad_id, device, cfg.dpo.resolved_length_normalize()
-                )
+                chosen, rejected, _, _ = _sequence_logps(policy, pairs, pad_id, device, cfg)
     return chosen.float(), rejected.float()
 
 
 def _step_loss(cfg, policy, pairs, split, cache, reference_model, backend, pad_id, normalizer):
-    chosen, rejected, tokens, chosen_nll = _sequence_logps(
-        policy, pairs, pad_id, backend.device, cfg.dpo.resolved_length_normalize()
-    )
+    chosen, rejected, chosen_nll, counts = _sequence_logps(policy, pairs, pad_id, backend.device, cfg)
     ref_chosen, ref_rejected = _reference_for(pairs, split, cfg, cache, reference_model, policy, backend, pad_id)
     loss, metrics = dpo_loss(
         chosen,
@@ -302,10 +330,11 @@ def _step_loss(cfg, policy, pairs, split, cache, reference_model, backend, pad_i
     if cfg.dpo.sft_weight:
         nll = chosen_nll.mean() if normalizer is None else chosen_nll.sum() / normalizer
         loss = loss + cfg.dpo.sft_weight * nll
-    return loss, metrics, tokens
+    return loss, metrics, counts
 
 
 METRICS = ("rewards_chosen", "rewards_rejected", "margins", "accuracy", "nll_chosen")
+TOKEN_COUNTS = ("tokens", "tokens_computed", "tokens_unshared")  # reply tokens; slots fed; slots unshared
 
 
 @torch.no_grad()
@@ -361,6 +390,9 @@ def run(cfg: DPOConfig) -> dict:
         f"{backend.world_size} process(es), {backend.distributed_type}; trainable {trainable:,} / {total:,}; "
         f"{max_steps} steps of {global_batch} pairs" + (f"; resumed at {start_step}" if resume else "")
     )
+    _, no_layout = _layout(cfg.data, policy)
+    if no_layout:
+        tracker.write(f"dpo: shared-prompt rows off ({no_layout}); chosen and rejected as separate padded rows")
 
     # Loop: every process walks the same global batches of pairs and takes its own slice.
     batches = common.global_batches(common.shuffled_stream(train, cfg.seed), global_batch, start_step)
@@ -370,17 +402,18 @@ def run(cfg: DPOConfig) -> dict:
         backend.at_step(step)
         step_start = time.time()
         pairs = next(batches)
-        sums = dict.fromkeys(("loss", "tokens", *METRICS), 0.0)  # metrics weighted by the pairs they cover
+        sums = dict.fromkeys(("loss", *TOKEN_COUNTS, *METRICS), 0.0)  # metrics weighted by the pairs they cover
         objective = 0.0  # what was back-propagated (the DPO loss plus the sft_weight term)
         for chunk in common.micro_batches(pairs, backend, micro, cfg.batch.grad_accum):
             with backend.accumulate(policy):
-                loss, metrics, tokens = _step_loss(
+                loss, metrics, counts = _step_loss(
                     cfg, policy, chunk, "train", cache, reference_model, backend, pad_id, normalizer=len(pairs)
                 )
                 backend.backward(loss)
             objective += float(loss.detach())
             sums["loss"] += float(metrics["dpo_loss"])
-            sums["tokens"] += tokens
+            for key in TOKEN_COUNTS:
+                sums[key] += counts[key]
             for key in METRICS:
                 sums[key] += float(metrics[key]) * len(chunk)
         grad_norm, stepped = guard.optimizer_step(step, policy, optimizer, scheduler, objective)
@@ -398,6 +431,8 @@ def run(cfg: DPOConfig) -> dict:
                     **{key: totals[key] / len(pairs) for key in METRICS},
                     "tokens_per_s": totals["tokens"] / max(elapsed, 1e-9),
                     "step_time_s": elapsed,
+                    "tokens_computed": totals["tokens_computed"],
+                    "tokens_unshared": totals["tokens_unshared"],
                     **guard.counts(),
                 },
             )

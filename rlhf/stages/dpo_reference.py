@@ -53,6 +53,8 @@ def fingerprint(cfg, train, evaluation, *, pad_id: int, mixed_precision: str) ->
         "max_length": str(cfg.data.max_length),
         "length_normalize": str(cfg.dpo.resolved_length_normalize()),
         "mixed_precision": str(mixed_precision),
+        # Shared-prompt rows agree with separate ones to float rounding, not bit for bit.
+        "shared_prompt": str(cfg.data.shared_prompt),
     }
 
 

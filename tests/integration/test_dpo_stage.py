@@ -73,3 +73,33 @@ def test_copy_reference_is_evaluated_under_the_policy_precision(tmp_path):
     assert summary["mixed_precision"] == "bf16" and summary["reference"] == "copy"
     assert summary["eval_rewards_chosen"] == 0.0 and summary["eval_rewards_rejected"] == 0.0
     assert summary["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)  # ln 2 in float32
+
+
+@pytest.mark.parametrize(
+    "adapt,reference",
+    [("full", "precompute"), ("lora", "lora_disabled"), ("lora", "precompute"), ("full", "copy")],
+)
+def test_shared_prompt_rows_train_as_separate_rows_do(tmp_path, adapt, reference):
+    """The same losses, metrics and weights with the prompt computed once, in the policy's and the
+    reference's passes (precompute included), as with chosen and rejected as separate rows."""
+    extra = ["max_steps=3", "optim.lr=1e-3", f"model.adapt.strategy={adapt}", f"reference={reference}"]
+    extra += ["batch.micro_batch_size=4", "batch.grad_accum=2", "model.adapt.lora_r=4"]
+    runs = {}
+    for name, layout in {
+        "separate": ["data.shared_prompt=false"],
+        "shared": ["data.shared_prompt=true", "data.row_tokens=300"],
+    }.items():
+        summary, out = dpo(tmp_path, name, *extra, *layout)
+        rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in rows if "tokens_computed" in r]
+        weights = "adapter_model.safetensors" if adapt == "lora" else "model.safetensors"
+        runs[name] = (summary, steps, load_file(str(out / "model" / weights)))
+    (base, base_steps, base_weights), (shared, steps, weights) = runs["separate"], runs["shared"]
+    for key in ("loss", "margins", "accuracy", "nll_chosen"):
+        assert [r[key] for r in steps] == pytest.approx([r[key] for r in base_steps], abs=1e-5), key
+    reply_tokens = [r["tokens_per_s"] * r["step_time_s"] for r in steps]
+    assert reply_tokens == pytest.approx([r["tokens_per_s"] * r["step_time_s"] for r in base_steps], rel=1e-6)
+    assert shared["eval_loss"] == pytest.approx(base["eval_loss"], abs=1e-5)
+    for key, value in base_weights.items():
+        torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=0, msg=key)
+    assert sum(r["tokens_computed"] for r in steps) < 0.8 * sum(r["tokens_computed"] for r in base_steps)
