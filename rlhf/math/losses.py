@@ -33,6 +33,24 @@ def sft_loss(
     return loss, {"nll_sum": nll_sum.detach(), "tokens": mask.sum().detach()}
 
 
+def sft_loss_on_targets(
+    logits: torch.Tensor, targets: torch.Tensor, num_target_tokens: float | torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`sft_loss` from the logits of the predicting positions only.
+
+    Args:
+        logits: [N, V] logits of the N positions that predict a target token.
+        targets: [N] the token each predicts.
+        num_target_tokens: scalar, target tokens in the global batch (> 0).
+    Returns:
+        loss and metrics as :func:`sft_loss` (``nll_sum``, ``tokens``).
+    """
+    logits = logits.float()
+    nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets[:, None])[:, 0]
+    nll_sum = nll.sum()
+    return nll_sum / num_target_tokens, {"nll_sum": nll_sum.detach(), "tokens": torch.tensor(targets.numel())}
+
+
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 

@@ -87,12 +87,22 @@ def response_logprobs(model: nn.Module, batch: dict, device, dtype: torch.dtype 
     rows, width = batch["input_ids"].shape
     predictor = batch["predictor_index"].to(device)
     keep, row = predictor_rows(predictor, rows * width)
-    logits = model(**inputs, logits_to_keep=keep.view(rows, width), use_cache=False).logits
-    if logits.dim() == 3:  # a model that ignores logits_to_keep: every position's logits
-        logits = logits.reshape(rows * width, -1)[keep]
+    logits = kept_logits(model, inputs, keep.view(rows, width))
     targets = batch["target_ids"].to(device)
     sequence = batch["target_sequence"].to(device)
     count = batch["read_index"].numel()
     token_logps = gathered_logprobs(logits, row, targets)
     counts = sequence_sums(torch.ones_like(token_logps), sequence, count)
     return sequence_sums(token_logps, sequence, count), counts
+
+
+def kept_logits(model: nn.Module, inputs: dict, keep: torch.Tensor) -> torch.Tensor:
+    """Logits [N, V] of the N positions where ``keep`` [B, T] is True, in row-major order.
+
+    Only those positions go through the language-model head; a model whose forward ignores
+    ``logits_to_keep`` gives every position's logits, and the kept ones are picked from them.
+    """
+    logits = model(**{"use_cache": False, **inputs}, logits_to_keep=keep).logits
+    if logits.dim() == 3:
+        logits = logits[keep]
+    return logits

@@ -253,8 +253,13 @@ def merged_copy(model, adapter_dir: Path, state_dict: Optional[dict] = None, **r
     if state_dict is None:
         return copy.deepcopy(model).merge_and_unload()
     # ZeRO-3 shards cannot be deep-copied into a whole model; rebuild one and fill it from the
-    # gathered weights. Calling the class (not from_config) keeps DeepSpeed's zero.Init out of it.
-    fresh = type(base)(copy.deepcopy(base.config)).to(base.dtype)
+    # gathered weights. Only this process builds it, so DeepSpeed's zero.Init must stay out of it:
+    # a sequence classifier's constructor calls from_config for its backbone, which would
+    # partition the weights with collectives that no other process joins.
+    from rlhf.runtime.backend import unpartitioned_loading
+
+    with unpartitioned_loading():
+        fresh = type(base)(copy.deepcopy(base.config)).to(base.dtype)
     rebuilt = type(model)(fresh, copy.deepcopy(peft_config), adapter_name=model.active_adapter)
     rebuilt.load_state_dict(state_dict)
     return rebuilt.merge_and_unload()

@@ -26,8 +26,10 @@ from rlhf.config.sections import (
     check_eval_fraction,
     check_max_record_bytes,
 )
-from rlhf.math.losses import sft_loss
+from rlhf.math.losses import sft_loss_on_targets
+from rlhf.math.ops import IGNORE_INDEX, shift_labels
 from rlhf.models.adapt import apply_adaptation, count_parameters
+from rlhf.models.layout import kept_logits
 from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.runtime.backend import Backend
 from rlhf.runtime.optim import build_optimizer
@@ -124,9 +126,12 @@ def _row_stream(train, data: SFTDataConfig, seed: int):
     return pack(examples, data.max_length) if data.packing else map(single_row, examples)
 
 
-def _model_inputs(batch: dict, device) -> dict:
+def _loss(model, batch: dict, device, num_target_tokens):
+    """sft_loss of a collated batch; only the positions that predict a target go through the LM head."""
+    targets = shift_labels(batch["labels"].to(device))
+    keep = targets != IGNORE_INDEX
     inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    return {**inputs, "use_cache": False}
+    return sft_loss_on_targets(kept_logits(model, inputs, keep), targets[keep], num_target_tokens)
 
 
 @torch.no_grad()
@@ -139,8 +144,7 @@ def evaluate(model, rows, backend: Backend, micro_batch_size: int, pad_id: int) 
     for chunk in common.eval_shards(len(rows), backend, micro_batch_size):
         weight = 1.0 if chunk else 0.0  # an empty shard still runs a forward pass (see eval_shards)
         batch = collate_rows([rows[i] for i in chunk] or rows[:1], pad_id)
-        logits = model(**_model_inputs(batch, backend.device)).logits
-        _, metrics = sft_loss(logits, batch["labels"].to(backend.device), 1.0)
+        _, metrics = _loss(model, batch, backend.device, 1.0)
         nll += weight * float(metrics["nll_sum"])
         tokens += weight * float(metrics["tokens"])
     total_nll, total_tokens = backend.all_reduce_sum(torch.tensor([nll, tokens])).tolist()
@@ -190,17 +194,18 @@ def run(cfg: SFTConfig) -> dict:
         step_start = time.time()
         rows = next(batches)
         target_tokens = sum(row.num_targets for row in rows)
-        nll_sum = loss_sum = 0.0
+        nll_sum = loss_sum = computed = 0.0
         for chunk in common.micro_batches(rows, backend, cfg.batch.micro_batch_size, cfg.batch.grad_accum):
             batch = collate_rows(chunk, pad_id)
             with backend.accumulate(model):
-                logits = model(**_model_inputs(batch, backend.device)).logits
-                loss, metrics = sft_loss(logits, batch["labels"].to(backend.device), target_tokens)
+                loss, metrics = _loss(model, batch, backend.device, target_tokens)
                 backend.backward(loss)
             nll_sum += float(metrics["nll_sum"])
+            computed += batch["input_ids"].numel()
             loss_sum += float(loss.detach())
         grad_norm, stepped = guard.optimizer_step(step, model, optimizer, scheduler, loss_sum)
-        step_loss = float(backend.all_reduce_sum(nll_sum)) / target_tokens
+        totals = backend.all_reduce_sums({"nll": nll_sum, "tokens_computed": computed})
+        step_loss = totals["nll"] / target_tokens
         elapsed = time.time() - step_start
         if not stepped:
             tracker.log(step, guard.counts())
@@ -214,6 +219,7 @@ def run(cfg: SFTConfig) -> dict:
                     "target_tokens": target_tokens,
                     "tokens_per_s": sum(len(r.input_ids) for r in rows) / max(elapsed, 1e-9),
                     "step_time_s": elapsed,
+                    "tokens_computed": totals["tokens_computed"],
                     **guard.counts(),
                 },
             )

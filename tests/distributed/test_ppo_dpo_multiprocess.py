@@ -55,8 +55,13 @@ def launch_stage(tmp_path, name, engine, port, stage, config, args):
 
 
 def assert_same_weights(a_dir, b_dir, atol=5e-6):
-    a = load_file(str(a_dir / "model" / "model.safetensors"))
-    b = load_file(str(b_dir / "model" / "model.safetensors"))
+    name = (
+        "adapter_model.safetensors"
+        if (a_dir / "model" / "adapter_model.safetensors").is_file()
+        else "model.safetensors"
+    )
+    a = load_file(str(a_dir / "model" / name))
+    b = load_file(str(b_dir / "model" / name))
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
@@ -113,3 +118,33 @@ def test_dpo_zero3_with_precomputed_reference_matches_one_process(tmp_path):
     ref_zero = load_file(tmp_path / "zero3" / "reference_logps.safetensors")
     torch.testing.assert_close(ref_single["train"], ref_zero["train"], atol=1e-4, rtol=1e-5)
     assert_same_weights(tmp_path / "single", tmp_path / "zero3")
+
+
+def test_dpo_ddp_lora_in_shared_prompt_rows_matches_one_process_in_separate_rows(tmp_path):
+    lora = ["model.adapt.strategy=lora", "model.adapt.lora_r=4", "reference=lora_disabled"]
+    run_dpo(
+        load_config(
+            DPOConfig,
+            str(REPO / "configs/dpo/tiny.yaml"),
+            [
+                f"output_dir={tmp_path / 'single'}",
+                *DPO_ARGS,
+                *lora,
+                "batch.micro_batch_size=8",
+                "data.shared_prompt=false",
+            ],
+        )
+    )
+    summary = launch_stage(
+        tmp_path,
+        "ddp",
+        "ddp",
+        29558,
+        "dpo",
+        "configs/dpo/tiny.yaml",
+        [*DPO_ARGS, *lora, "batch.micro_batch_size=2", "batch.grad_accum=2", "data.shared_prompt=true"],
+    )
+    single = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["first_loss"] == pytest.approx(0.6931472, abs=1e-4)
+    assert summary["eval_loss"] == pytest.approx(single["eval_loss"], abs=1e-5)
+    assert_same_weights(tmp_path / "single", tmp_path / "ddp")

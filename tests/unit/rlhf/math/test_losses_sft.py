@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from rlhf.math.losses import sft_loss
@@ -75,3 +76,21 @@ def test_lr_schedule_hand_values():
     assert [lr_factor(s, schedule="linear", **kw) for s in (0, 3, 4, 9, 14)] == [0.25, 1.0, 1.0, 0.5, 0.0]
     assert lr_factor(9, schedule="cosine", **kw) == pytest_approx(0.5)
     assert lr_factor(100, schedule="constant", **kw) == 1.0
+
+
+def test_loss_on_kept_targets_equals_the_full_logits_loss():
+    from rlhf.math.losses import sft_loss_on_targets
+    from rlhf.math.ops import IGNORE_INDEX, shift_labels
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=generator)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 4, IGNORE_INDEX], [IGNORE_INDEX, 1, 2, 6, 0]])
+    full, full_metrics = sft_loss(logits, labels, 9.0)
+    targets = shift_labels(labels)
+    keep = targets != IGNORE_INDEX
+    kept, kept_metrics = sft_loss_on_targets(logits[keep], targets[keep], 9.0)
+    torch.testing.assert_close(kept, full, atol=1e-6, rtol=0)
+    assert int(kept_metrics["tokens"]) == int(full_metrics["tokens"]) == 6
+    # By hand for one token: -log softmax(logits[0, 1])[3].
+    one, _ = sft_loss_on_targets(logits[0, 1:2], torch.tensor([3]), 1.0)
+    assert float(one) == pytest.approx(float(-torch.log_softmax(logits[0, 1], -1)[3]), abs=1e-6)
