@@ -16,3 +16,31 @@ def peak_gpu() -> int | None:
     import torch
 
     return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+
+# The LoRA both sides get with --lora: ours model.adapt.*, TRL's peft.LoraConfig(peft_config=...).
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def lora_overrides() -> dict:
+    """Our model.adapt section for LORA."""
+    return {
+        "strategy": "lora",
+        "lora_r": LORA["r"],
+        "lora_alpha": LORA["alpha"],
+        "lora_dropout": LORA["dropout"],
+        "lora_target_modules": LORA["target_modules"],
+    }
+
+
+def peft_lora(task_type: str):
+    """LORA as a peft.LoraConfig (task_type CAUSAL_LM for a policy, SEQ_CLS for a reward model)."""
+    import peft
+
+    return peft.LoraConfig(
+        task_type=task_type,
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=LORA["target_modules"],
+    )

@@ -1,7 +1,7 @@
 """Side-by-side PPO benchmark: our PPO stage (rlhf/stages/ppo.py) against TRL 1.12.0's PPOTrainer.
 
     python scripts/bench/bench_ppo.py [--model builtin:tiny] [--steps 12] [--batch 16] [--response-length 24]
-                                [--epochs 4] [--mini-batches 1] [--repeats 3] [--json PATH]
+                                [--epochs 4] [--mini-batches 1] [--repeats 3] [--lora] [--json PATH]
 
 TRL 1.12.0 is the last TRL with PPO (``trl.experimental.ppo``); it is not the TRL installed in the
 environment, so it is installed beside it on first use with
@@ -24,6 +24,11 @@ ranges 0.2, vf_coef 0.1, gamma 1, lambda 0.95, whitened advantages and unwhitene
 started from the policy's weights with a new scalar head, a frozen copy of the policy as reference,
 and the same transformer reward model (the policy's weights with a new scalar head, saved once to a
 temporary folder; unnormalised). No missing-EOS penalty, no evaluation, sample logging or saving.
+
+--lora (e.g. with --model builtin:smollm2-135m-instruct): the policy trains LoRA adapters (r 16,
+alpha 32, dropout 0, all linear layers but the head) on both sides: ours model.adapt.strategy=lora
+with reference=lora_disabled, TRL PPOTrainer(peft_config=LoraConfig(...)), whose reference is
+then the policy with its adapters disabled too. The critic is fully trained on both sides.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import peak_gpu, peak_rss
+from bench_common import LORA, lora_overrides, peak_gpu, peak_rss, peft_lora
 
 REPO = Path(__file__).resolve().parents[2]
 TRL_VERSION = "1.12.0"
@@ -145,7 +150,12 @@ def _ours(args, work: Path) -> dict:
             "output_dir": str(out),
             "seed": 0,
             "max_steps": args.steps,
-            "model": {"name_or_path": args.model, "dtype": "float32", "gradient_checkpointing": False},
+            "model": {
+                "name_or_path": args.model,
+                "dtype": "float32",
+                "gradient_checkpointing": False,
+                **({"adapt": lora_overrides()} if args.lora else {}),
+            },
             "data": {"prompts": [str(work / "prompts.jsonl")], "chat_template": True},
             "rollout": {
                 "batch_size": args.batch,
@@ -171,7 +181,8 @@ def _ours(args, work: Path) -> dict:
                 "whiten_advantages": True,
                 "target_kl": None,
             },
-            "reference": "copy",
+            # LoRA: the reference is the policy with its adapters off, as TRL does with a peft_config.
+            "reference": "lora_disabled" if args.lora else "copy",
             "optim": {"lr": LR, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 0.0},
             "batch": {"micro_batch_size": micro, "grad_accum": 1},
             "precision": {"mixed_precision": "no"},
@@ -308,7 +319,11 @@ def _trl(args, work: Path) -> dict:
         train_dataset=dataset,
         value_model=value_model,
         callbacks=[StepEnd()],
+        # With a peft_config TRL wraps the policy in LoRA and uses it with adapters off as reference.
+        peft_config=peft_lora("CAUSAL_LM") if args.lora else None,
     )
+    if args.lora and not trainer.is_peft_model:
+        raise RuntimeError("TRL did not wrap the policy in LoRA")
     trainer.train()
     if not (len(starts) == len(whitened) == len(ends) == args.steps):
         raise RuntimeError(
@@ -356,7 +371,7 @@ def _spawn(args, framework: str, work: Path) -> dict:
         str(args.epochs),
         "--mini-batches",
         str(args.mini_batches),
-    ]
+    ] + (["--lora"] if args.lora else [])
     env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1")
     env.setdefault("WANDB_MODE", "disabled")
     if framework == "trl":
@@ -412,7 +427,13 @@ def bench(args) -> dict:
         f"responses <= {args.response_length} tokens at temperature 1.0, {args.epochs} PPO epochs x "
         f"{args.mini_batches} mini-batch(es) of {mini} = {args.epochs * args.mini_batches} optimizer steps per PPO "
         f"step; fp32, AdamW lr {LR:g} constant, no grad clipping, kl_coef {KL_COEF} (k1), vf_coef 0.1, "
-        f"critic + reward model = policy weights + new scalar head, frozen reference copy"
+        f"critic + reward model = policy weights + new scalar head, "
+        + (
+            f"LoRA policy (r{LORA['r']}, alpha {LORA['alpha']:g}, {LORA['target_modules']}; critic fully trained), "
+            "reference = adapters off"
+            if args.lora
+            else "frozen reference copy"
+        )
     )
     print(
         f"{args.steps} PPO steps ({WARMUP_STEPS} warm-up not timed), median of {args.repeats} run(s) each; "
@@ -437,7 +458,7 @@ def bench(args) -> dict:
     ours, trl = table["ours"], table["trl"]
     memory, memory_kind = bench_report.memory_ratio(ours, trl)
     result = {
-        "comparison": "ppo",
+        "comparison": "ppo-lora" if args.lora else "ppo",
         "baseline": f"TRL {TRL_VERSION}",
         "unit": "updates/s",
         "ours": ours,
@@ -457,6 +478,7 @@ def bench(args) -> dict:
             "steps": args.steps,
             "warmup_steps": WARMUP_STEPS,
             "repeats": args.repeats,
+            **({"lora": f"r{LORA['r']} policy, reference adapters off"} if args.lora else {}),
         },
     }
     print(
@@ -476,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=4, help="PPO epochs per rollout batch")
     parser.add_argument("--mini-batches", type=int, default=1, help="mini-batches (optimizer steps) per epoch")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--lora",
+        action="store_true",
+        help="LoRA policy on both sides (r 16, alpha 32, all-linear; reference = adapters off; critic fully trained)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the result (medians and ratios) as JSON to PATH")
     parser.add_argument("--child", choices=["prepare", "ours", "trl"], dest="framework", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)

@@ -13,7 +13,16 @@ A comparison's result, as ``bench.bench_training`` and ``bench_ppo.bench`` retur
                   "warmup_steps": 3, "repeats": 3}}
 
 ``ratio["tokens_per_s"]`` is None where tokens are not counted (RM). A comparison that failed is
-``{"comparison": name, "error": "..."}`` and shows as a FAILED row.
+``{"comparison": name, "error": "..."}`` and shows as a FAILED row; one that could not run here
+(its data file is absent) is ``{"comparison": name, "skipped": "skipped: ... not found"}``, a
+skipped row.
+
+Optional keys, shown in the columns after the settings when present: ``ours`` / ``trl``
+``throughput`` (the unit's value where it is not steps/s, with ``ratio["throughput"]``),
+``tokens_computed_per_step`` (token slots fed to the model per step, padding included),
+``saved_vs_unshared`` (ours: 1 - computed / what separate right-padded rows would hold),
+``goal`` ({"throughput": 2.0, "memory": 1.0, "met": True}: ours / baseline at least / at most)
+and ``wall_s`` (the comparison's wall time).
 """
 
 from __future__ import annotations
@@ -36,8 +45,13 @@ COLUMNS = [
     "tokens/s ours/base",
     "peak memory ours/base",
     "settings",
+    "tokens/step ours",
+    "tokens/step base",
+    "ours saved vs unshared",
+    "goal",
+    "wall s",
 ]
-ALIGN = ["---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---"]
+ALIGN = ["---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---", "---:", "---:", "---:", "---", "---:"]
 
 
 def ratio(ours: Optional[float], baseline: Optional[float]) -> Optional[float]:
@@ -64,8 +78,21 @@ def format_settings(settings: dict) -> str:
     else:
         parts.append(f"batch {settings['batch']}")
         parts.append(f"max_length {settings['max_length']}")
+    if settings.get("data"):
+        parts.append(f"data {settings['data']}")
+    if settings.get("kwise"):
+        parts.append(
+            f"judged ranked K={settings['kwise']} (noise {settings.get('noise', 0)}%, full rankings), "
+            f"TRL {settings['trl_pairs_per_step']} pairs/step"
+        )
     if settings.get("reference"):
         parts.append(f"reference {settings['reference']}")
+    if settings.get("lora"):
+        parts.append(f"LoRA {settings['lora']}")
+    if settings.get("layout"):
+        parts.append(f"layout {settings['layout']}")
+    if settings.get("packing"):
+        parts.append(f"packing: {settings['packing']}")
     if settings.get("gradient_checkpointing"):
         parts.append("gradient checkpointing")
     parts.append(f"{settings['steps']} steps ({settings['warmup_steps']} warm-up)")
@@ -84,26 +111,71 @@ def _times(value: Optional[float]) -> str:
     return "-" if value is None else f"x{value:.2f}"
 
 
+def format_goal(goal: Optional[dict]) -> str:
+    """ "throughput >= x2.0, memory <= x1.0: met" (empty without a goal)."""
+    if not goal:
+        return ""
+    parts = [f"throughput >= x{goal['throughput']:.1f}"]
+    if goal.get("memory") is not None:
+        parts.append(f"memory <= x{goal['memory']:.1f}")
+    if goal.get("met") is None:  # the comparison did not run
+        return ", ".join(parts) + ": not measured"
+    return ", ".join(parts) + (": met" if goal["met"] else ": missed")
+
+
+def format_duration(seconds: float) -> str:
+    """65.2 -> "1 min 5 s"; under a minute, "42 s"."""
+    seconds = round(seconds)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min {seconds} s"
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
+def _tokens(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _extra_cells(result: dict) -> list[str]:
+    """The columns after the settings: tokens computed per step, share saved, goal, wall time."""
+    ours, trl = result.get("ours") or {}, result.get("trl") or {}
+    saved = result.get("saved_vs_unshared")
+    wall = result.get("wall_s")
+    return [
+        _tokens(ours.get("tokens_computed_per_step")),
+        _tokens(trl.get("tokens_computed_per_step")),
+        "-" if saved is None else f"{saved:.1%}",
+        format_goal(result.get("goal")),
+        "-" if wall is None else f"{wall:,.0f}",
+    ]
+
+
 def format_table(results: list[dict]) -> str:
     """A markdown table, one row per comparison, in the order given."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join(ALIGN) + " |"]
     for result in results:
-        if "error" in result:
-            first_line = (result["error"].strip().splitlines() or ["?"])[0]
-            cells = [result["comparison"], "FAILED", "", "", "", "", "", "", first_line.replace("|", "/")[:120]]
+        if "error" in result or "skipped" in result:
+            status, text = ("FAILED", result["error"]) if "error" in result else ("skipped", result["skipped"])
+            first_line = (text.strip().splitlines() or ["?"])[0]
+            cells = [result["comparison"], status, "", "", "", "", "", "", first_line.replace("|", "/")[:120]]
+            wall = result.get("wall_s")
+            cells += ["", "", "", format_goal(result.get("goal")), "-" if wall is None else f"{wall:,.0f}"]
         else:
             r = result["ratio"]
             memory = _times(r["peak_memory"]) + (f" ({r['memory']})" if r["peak_memory"] is not None else "")
+            throughput = r.get("throughput", r["steps_per_s"])
             cells = [
                 result["comparison"],
                 result["baseline"],
                 result["unit"],
-                _number(result["ours"]["steps_per_s"]),
-                _number(result["trl"]["steps_per_s"]),
-                _times(r["steps_per_s"]),
+                _number(result["ours"].get("throughput", result["ours"]["steps_per_s"])),
+                _number(result["trl"].get("throughput", result["trl"]["steps_per_s"])),
+                _times(throughput),
                 _times(r["tokens_per_s"]),
                 memory,
                 format_settings(result["settings"]),
+                *_extra_cells(result),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -169,7 +241,7 @@ def format_machine(machine: dict, ppo_trl: Optional[str] = None) -> str:
     )
 
 
-def render_block(table: str, machine: str, command: str, quick: bool) -> str:
+def render_block(table: str, machine: str, command: str, quick: bool, wall_s: Optional[float] = None) -> str:
     """The whole marked block, markers included, without a trailing newline."""
     lines = [
         START,
@@ -184,7 +256,7 @@ def render_block(table: str, machine: str, command: str, quick: bool) -> str:
             "",
         ]
     lines += [
-        f"`{command}`",
+        f"`{command}`" + ("" if wall_s is None else f" (total wall time {format_duration(wall_s)})"),
         "",
         table,
         "",
@@ -194,7 +266,12 @@ def render_block(table: str, machine: str, command: str, quick: bool) -> str:
         "less). Each side runs in fresh processes, alternating; medians over the repeats. "
         "PPO throughput is PPO updates (one rollout batch + its epochs) per second and its tokens "
         "are generated response tokens; DPO tokens are chosen + rejected reply tokens; RM counts "
-        "no tokens. Memory is peak GPU memory where both sides ran on a GPU, else peak RSS of "
+        "no tokens. rm-kwise throughput is prompts/s (TRL gets the 6 pairs of each K=4 ranking). "
+        "Tokens/step are the token slots fed to the model per optimizer step, padding included (TRL: "
+        "input_ids of its collated batches); ours saved vs unshared is 1 - computed / what separate "
+        "right-padded rows of the same batches would hold. Goals (SmolLM2 rows) are ours / baseline "
+        "ratios: throughput at least, peak memory at most. Wall s is each row's wall time (both sides, "
+        "all repeats, model loading included). Memory is peak GPU memory where both sides ran on a GPU, else peak RSS of "
         "the process. The per-stage sections below explain each setting.",
         END,
     ]
