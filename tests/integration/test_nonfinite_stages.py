@@ -52,7 +52,7 @@ FAST = {
 }
 # The loss each stage calls once per optimizer step, as (module, name).
 LOSS = {
-    "sft": ("rlhf.stages.sft", "sft_loss"),
+    "sft": ("rlhf.stages.sft", "sft_loss_on_targets"),
     "rm": ("rlhf.stages.rm", "_objective"),
     "dpo": ("rlhf.stages.dpo", "dpo_loss"),
     "ppo": ("rlhf.stages.ppo", "ppo_policy_loss"),
