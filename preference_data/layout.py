@@ -51,9 +51,7 @@ class SharedGroup:
         return self.size * len(self.prompt) + sum(map(len, self.responses))
 
 
-def share_prompt(
-    sequences: Sequence[Sequence[int]], labels: Optional[Sequence[Sequence[int]]] = None
-) -> SharedGroup:
+def share_prompt(sequences: Sequence[Sequence[int]], labels: Optional[Sequence[Sequence[int]]] = None) -> SharedGroup:
     """The group of ``sequences`` (token ids, each with ``labels`` of the same length if given)."""
     if not sequences or any(len(s) == 0 for s in sequences):
         raise ValueError("a group needs at least one sequence, and no sequence may be empty")
