@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Literal, Optional
 
 import torch
@@ -131,11 +132,8 @@ def layout_groups(
     position_ids = torch.zeros(shape, dtype=torch.long)
     group_ids = torch.full(shape, -1, dtype=torch.long)
     segment_ids = torch.full(shape, -1, dtype=torch.long)
-    offsets = [0] * len(groups)  # first response number of each group
-    total = 0
-    for b, group in enumerate(groups):
-        offsets[b] = total
-        total += group.size
+    offsets = [0, *accumulate(g.size for g in groups)]  # first response number of each group
+    total = offsets.pop()
     read_index = torch.zeros(total, dtype=torch.long)
     targets: list[tuple[int, int, int]] = []  # (token id, response number, predictor flat index)
     for r, row in enumerate(rows):

@@ -52,6 +52,8 @@ def _attention(model: nn.Module) -> str:
 
 def shared_layout_unsupported(model: nn.Module) -> Optional[str]:
     """Why ``model`` cannot take shared-prompt rows, or None when it can."""
+    if getattr(model, "is_decoder", True) is False:  # reward_models.ScalarRewardModel on an encoder
+        return "an encoder reads its first token"
     for level in _levels(model):
         peft_config = getattr(level, "peft_config", None)
         if isinstance(peft_config, dict) and any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
@@ -63,6 +65,15 @@ def shared_layout_unsupported(model: nn.Module) -> Optional[str]:
     if attention not in SUPPORTED_ATTENTION:
         return f"attention implementation {attention!r} takes no 4D mask (use sdpa or eager)"
     return None
+
+
+def layout_options(data, model: nn.Module) -> tuple[Optional[dict], str]:
+    """``layout_groups`` keyword arguments for a data section with ``shared_prompt`` / ``pack`` /
+    ``row_tokens`` (None = separate rows), and why the layout is off when it was asked for."""
+    if not data.shared_prompt:
+        return None, ""
+    why = shared_layout_unsupported(model)
+    return (None, why) if why else ({"pack": data.pack, "row_tokens": data.row_tokens}, "")
 
 
 def model_inputs(model: nn.Module, batch: dict, device, dtype: torch.dtype = torch.float32) -> dict:

@@ -40,7 +40,7 @@ from rlhf.config.sections import (
 from rlhf.math.losses import dpo_loss
 from rlhf.math.ops import shift_labels, token_logprobs
 from rlhf.models.adapt import apply_adaptation, count_parameters, disable_dropout
-from rlhf.models.layout import response_logprobs, shared_layout_unsupported
+from rlhf.models.layout import layout_options, response_logprobs
 from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.runtime.optim import build_optimizer
 from rlhf.stages import common, dpo_reference
@@ -70,10 +70,6 @@ class DPODataConfig:
         check_eval_fraction(self.eval_fraction)
         check_max_record_bytes(self.max_record_bytes)
         check_row_tokens(self.row_tokens)
-
-    def layout(self) -> dict:
-        """Keyword arguments of ``preference_data.layout.layout_groups`` for this data."""
-        return {"pack": self.pack, "row_tokens": self.row_tokens}
 
 
 @dataclass(frozen=True)
@@ -201,14 +197,6 @@ def _load_data(cfg: DPOConfig, tokenizer, backend):
     return train, evaluation, report
 
 
-def _layout(data: DPODataConfig, model) -> tuple[Optional[dict], str]:
-    """The shared-prompt layout options (None = separate rows), and why it is off when asked for."""
-    if not data.shared_prompt:
-        return None, ""
-    why = shared_layout_unsupported(model)
-    return (None, why) if why else (data.layout(), "")
-
-
 def _sequence_logps(model, pairs: list[Pair], pad_id: int, device, cfg: DPOConfig):
     """Per-sequence log-probs of the final replies: chosen [B] and rejected [B], one forward.
 
@@ -218,7 +206,7 @@ def _sequence_logps(model, pairs: list[Pair], pad_id: int, device, cfg: DPOConfi
     Returns chosen, rejected, the chosen replies' per-token NLL [B], and token counts.
     """
     n = len(pairs)
-    layout, _ = _layout(cfg.data, model)
+    layout, _ = layout_options(cfg.data, model)
     if layout is None:
         batch = collate_rows([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
         inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
@@ -390,7 +378,7 @@ def run(cfg: DPOConfig) -> dict:
         f"{backend.world_size} process(es), {backend.distributed_type}; trainable {trainable:,} / {total:,}; "
         f"{max_steps} steps of {global_batch} pairs" + (f"; resumed at {start_step}" if resume else "")
     )
-    _, no_layout = _layout(cfg.data, policy)
+    _, no_layout = layout_options(cfg.data, policy)
     if no_layout:
         tracker.write(f"dpo: shared-prompt rows off ({no_layout}); chosen and rejected as separate padded rows")
 

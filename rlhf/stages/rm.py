@@ -34,7 +34,7 @@ from rlhf.config.sections import (
 )
 from rlhf.models.adapt import count_parameters
 from rlhf.models.fingerprint import write_fingerprint
-from rlhf.models.layout import shared_layout_unsupported
+from rlhf.models.layout import layout_options
 from rlhf.models.loading import load_tokenizer
 from rlhf.runtime.optim import build_optimizer
 from rlhf.runtime.tracking import plot_histogram
@@ -73,10 +73,6 @@ class RMDataConfig:
         check_eval_fraction(self.eval_fraction)
         check_max_record_bytes(self.max_record_bytes)
         check_row_tokens(self.row_tokens)
-
-    def layout(self) -> dict:
-        """Keyword arguments of ``preference_data.layout.layout_groups`` for this data."""
-        return {"pack": self.pack, "row_tokens": self.row_tokens}
 
 
 @dataclass(frozen=True)
@@ -236,7 +232,7 @@ def run(cfg: RMConfig) -> dict:
     max_steps = common.total_steps(cfg, len(train), global_batch)
     optimizer, scheduler = build_optimizer(model, cfg.optim, max_steps)
     model, optimizer = backend.prepare(model, optimizer, scheduler)
-    layout, no_layout = _layout(cfg.data, backend.unwrap(model))
+    layout, no_layout = layout_options(cfg.data, backend.unwrap(model))
     start_step, resume = common.resume(cfg, backend)
     tracker = common.tracker(cfg, backend, steps=max_steps, start_step=start_step, stage="rm")
     guard.begin(model, tracker, resume, started=started, plot_keys=("loss", "train_accuracy", "eval_accuracy"))
@@ -340,14 +336,6 @@ def run(cfg: RMConfig) -> dict:
     tracker.finish(summary, plot_keys=("loss", "train_accuracy", "eval_accuracy"))
     backend.end()
     return summary
-
-
-def _layout(data: RMDataConfig, model) -> tuple[Optional[dict], str]:
-    """The shared-prompt layout options (None = separate rows), and why it is off when asked for."""
-    if not data.shared_prompt:
-        return None, ""
-    why = "an encoder reads its first token" if not model.is_decoder else shared_layout_unsupported(model)
-    return (None, why) if why else (data.layout(), "")
 
 
 def _fit_normalization(cfg: RMConfig, model_dir: Path) -> dict:

@@ -129,3 +129,19 @@ def test_unsupported_attention_is_named():
     assert shared_layout_unsupported(model) is None
     model.config._attn_implementation = "flash_attention_2"
     assert "flash_attention_2" in shared_layout_unsupported(model)
+
+
+def test_an_encoder_reward_model_scores_separate_rows():
+    from types import SimpleNamespace
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from reward_models.model import ScalarRewardModel
+    from rlhf.models.layout import layout_options
+
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_labels=1)
+    encoder = ScalarRewardModel(BertForSequenceClassification(config))
+    data = SimpleNamespace(shared_prompt=True, pack=True, row_tokens=0)
+    assert layout_options(data, encoder) == (None, "an encoder reads its first token")
+    assert layout_options(data, _reward_model("sdpa")) == ({"pack": True, "row_tokens": 0}, "")
+    assert layout_options(SimpleNamespace(shared_prompt=False), _reward_model("sdpa")) == (None, "")
