@@ -17,8 +17,7 @@ from typing import Literal, Optional, Union
 import torch
 
 from preference_data import transforms
-from preference_data.collate import TooLong, collate_rows, single_row, tokenize_sft
-from preference_data.layout import layout_groups, share_prompt
+from preference_data.collate import TooLong, single_row, tokenize_sft
 from preference_data.records import SFTRecord
 from preference_data.splits import split_by_prompt
 from preference_data.validate_preferences import load_kind
@@ -38,12 +37,11 @@ from rlhf.config.sections import (
     resolve_reference,
 )
 from rlhf.math.losses import dpo_loss
-from rlhf.math.ops import shift_labels, token_logprobs
 from rlhf.models.adapt import apply_adaptation, count_parameters, disable_dropout
-from rlhf.models.layout import layout_options, response_logprobs
+from rlhf.models.layout import layout_options
 from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.runtime.optim import build_optimizer
-from rlhf.stages import common, dpo_reference
+from rlhf.stages import common, dpo_logps, dpo_reference
 from rlhf.stages.inputs import input_fingerprints
 from rlhf.stages.nonfinite import NonFiniteGuard
 
@@ -197,87 +195,6 @@ def _load_data(cfg: DPOConfig, tokenizer, backend):
     return train, evaluation, report
 
 
-def _sequence_logps(model, pairs: list[Pair], pad_id: int, device, cfg: DPOConfig):
-    """Per-sequence log-probs of the final replies: chosen [B] and rejected [B], one forward.
-
-    Without a layout (``data.shared_prompt`` false, or a model that cannot take one) chosen and
-    rejected are separate right-padded rows; with it each pair is one shared-prompt segment and
-    only the positions predicting reply tokens go through the language-model head.
-    Returns chosen, rejected, the chosen replies' per-token NLL [B], and token counts.
-    """
-    n = len(pairs)
-    layout, _ = layout_options(cfg.data, model)
-    if layout is None:
-        batch = collate_rows([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
-        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs, use_cache=False).logits
-        targets = shift_labels(batch["labels"].to(device))
-        logps = token_logprobs(logits, targets).sum(-1)
-        lengths = (targets != -100).float().sum(-1)
-        computed = unshared = batch["input_ids"].numel()
-        chosen, rejected = logps[:n], logps[n:]
-        chosen_length, rejected_length = lengths[:n], lengths[n:]
-    else:
-        groups = [
-            share_prompt((p.chosen.input_ids, p.rejected.input_ids), (p.chosen.labels, p.rejected.labels))
-            for p in pairs
-        ]
-        batch = layout_groups(groups, pad_id, **layout)
-        logps, lengths = response_logprobs(model, batch, device)
-        computed, unshared = int(batch["tokens_computed"]), int(batch["tokens_unshared"])
-        chosen, rejected = logps[0::2], logps[1::2]  # responses in group order: (chosen, rejected) per pair
-        chosen_length, rejected_length = lengths[0::2], lengths[1::2]
-    counts = {
-        "tokens": float(chosen_length.sum() + rejected_length.sum()),
-        "tokens_computed": float(computed),
-        "tokens_unshared": float(unshared),
-    }
-    chosen_length, rejected_length = chosen_length.clamp(min=1), rejected_length.clamp(min=1)
-    chosen_nll = -chosen / chosen_length
-    if cfg.dpo.resolved_length_normalize():
-        chosen, rejected = chosen / chosen_length, rejected / rejected_length
-    return chosen, rejected, chosen_nll, counts
-
-
-@torch.no_grad()
-def _reference_logps(model, pairs, backend, cfg: DPOConfig, pad_id: int) -> torch.Tensor:
-    """[N, 2] reference log-probs of every pair, computed with ``model`` on all processes."""
-    model.eval()
-    rows = []
-    for chunk in common.eval_shards(len(pairs), backend, cfg.batch.micro_batch_size):
-        chosen, rejected, _, _ = _sequence_logps(
-            model, [pairs[i] for i in chunk] or pairs[:1], pad_id, backend.device, cfg
-        )
-        rows += [(i, float(c), float(r)) for i, c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
-    model.train()
-    table = torch.zeros(len(pairs), 2, dtype=torch.float64)
-    for i, c, r in backend.gather_objects(rows):
-        table[i] = torch.tensor([c, r], dtype=torch.float64)
-    return table
-
-
-def _reference_cache(cfg: DPOConfig, model, train, evaluation, backend, pad_id: int) -> dict[str, torch.Tensor]:
-    """Reference log-probs from the initial policy, cached in the output folder for resumes and
-    reused only when made by the same reference, pairs and settings (see ``dpo_reference``)."""
-    path = Path(cfg.output_dir) / dpo_reference.FILE_NAME
-    made_with = dpo_reference.fingerprint(
-        cfg, train, evaluation, pad_id=pad_id, mixed_precision=backend.mixed_precision
-    )
-    cache, why = dpo_reference.load(path, made_with, {"train": len(train), "eval": len(evaluation)})
-    if cache is not None:
-        return cache
-    if why and backend.is_main:
-        print(f"dpo: reference log-probs cache not used, recomputing: {why}", flush=True)
-    cache = {
-        "train": _reference_logps(model, train, backend, cfg, pad_id),
-        "eval": _reference_logps(model, evaluation, backend, cfg, pad_id),
-    }
-    if backend.is_main:
-        dpo_reference.save(path, cache, made_with)
-    backend.barrier()
-    return cache
-
-
 def _reference_for(pairs, split: str, cfg: DPOConfig, cache, reference_model, policy, backend, pad_id: int):
     """Reference log-probs (chosen [B], rejected [B]) for these pairs by the configured method."""
     device = backend.device
@@ -291,15 +208,15 @@ def _reference_for(pairs, split: str, cfg: DPOConfig, cache, reference_model, po
         if cfg.resolved_reference() == "copy":
             # Under the policy's autocast also outside backend.accumulate (in evaluate).
             with backend.autocast():
-                chosen, rejected, _, _ = _sequence_logps(reference_model, pairs, pad_id, device, cfg)
+                chosen, rejected, _, _ = dpo_logps.sequence_logps(reference_model, pairs, pad_id, device, cfg)
         else:
             with backend.unwrap(policy).disable_adapter():
-                chosen, rejected, _, _ = _sequence_logps(policy, pairs, pad_id, device, cfg)
+                chosen, rejected, _, _ = dpo_logps.sequence_logps(policy, pairs, pad_id, device, cfg)
     return chosen.float(), rejected.float()
 
 
 def _step_loss(cfg, policy, pairs, split, cache, reference_model, backend, pad_id, normalizer):
-    chosen, rejected, chosen_nll, counts = _sequence_logps(policy, pairs, pad_id, backend.device, cfg)
+    chosen, rejected, chosen_nll, counts = dpo_logps.sequence_logps(policy, pairs, pad_id, backend.device, cfg)
     ref_chosen, ref_rejected = _reference_for(pairs, split, cfg, cache, reference_model, policy, backend, pad_id)
     loss, metrics = dpo_loss(
         chosen,
@@ -368,7 +285,7 @@ def run(cfg: DPOConfig) -> dict:
     pad_id = tokenizer.pad_token_id
     cache = None
     if cfg.resolved_reference() == "precompute":  # before any update (and before resume loads weights)
-        cache = _reference_cache(cfg, policy, train, evaluation, backend, pad_id)
+        cache = dpo_reference.cached_or_computed(cfg, policy, train, evaluation, backend, pad_id)
     start_step, resume = common.resume(cfg, backend)
     tracker = common.tracker(cfg, backend, steps=max_steps, start_step=start_step, stage="dpo")
     guard.begin(policy, tracker, resume, started=started, plot_keys=("loss", "accuracy", "margins", "eval_accuracy"))

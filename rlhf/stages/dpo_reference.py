@@ -1,4 +1,5 @@
-"""DPO's precomputed reference log-probs on disk, with the fingerprint of what made them.
+"""DPO's precomputed reference log-probs: computed once with the initial policy, kept on disk
+with the fingerprint of what made them.
 
 ``reference_logps.safetensors`` in the output folder holds the ``train`` and ``eval`` tables
 ([pairs, 2]: chosen, rejected; float64) and, as safetensors metadata, the fingerprint of
@@ -22,6 +23,8 @@ import torch
 
 from rlhf.config.loader import to_dict
 from rlhf.models.fingerprint import model_fingerprint
+from rlhf.stages import common
+from rlhf.stages.dpo_logps import sequence_logps
 
 FILE_NAME = "reference_logps.safetensors"
 LEGACY_NAME = "reference_logps.pt"
@@ -89,3 +92,40 @@ def save(path: Path, tables: dict[str, torch.Tensor], made_with: dict[str, str])
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in tables.items()}, str(tmp), metadata=made_with)
     tmp.replace(path)
+
+
+@torch.no_grad()
+def _reference_logps(model, pairs, backend, cfg, pad_id: int) -> torch.Tensor:
+    """[N, 2] reference log-probs of every pair, computed with ``model`` on all processes."""
+    model.eval()
+    rows = []
+    for chunk in common.eval_shards(len(pairs), backend, cfg.batch.micro_batch_size):
+        chosen, rejected, _, _ = sequence_logps(
+            model, [pairs[i] for i in chunk] or pairs[:1], pad_id, backend.device, cfg
+        )
+        rows += [(i, float(c), float(r)) for i, c, r in zip(chunk, chosen.tolist(), rejected.tolist())]
+    model.train()
+    table = torch.zeros(len(pairs), 2, dtype=torch.float64)
+    for i, c, r in backend.gather_objects(rows):
+        table[i] = torch.tensor([c, r], dtype=torch.float64)
+    return table
+
+
+def cached_or_computed(cfg, model, train, evaluation, backend, pad_id: int) -> dict[str, torch.Tensor]:
+    """Reference log-probs from the initial policy, cached in the output folder for resumes and
+    reused only when made by the same reference, pairs and settings (see the module docstring)."""
+    path = Path(cfg.output_dir) / FILE_NAME
+    made_with = fingerprint(cfg, train, evaluation, pad_id=pad_id, mixed_precision=backend.mixed_precision)
+    cache, why = load(path, made_with, {"train": len(train), "eval": len(evaluation)})
+    if cache is not None:
+        return cache
+    if why and backend.is_main:
+        print(f"dpo: reference log-probs cache not used, recomputing: {why}", flush=True)
+    cache = {
+        "train": _reference_logps(model, train, backend, cfg, pad_id),
+        "eval": _reference_logps(model, evaluation, backend, cfg, pad_id),
+    }
+    if backend.is_main:
+        save(path, cache, made_with)
+    backend.barrier()
+    return cache
