@@ -9,7 +9,7 @@ environment, so it is installed beside it on first use with
 process with that folder first on PYTHONPATH.
 
 What is compared, per PPO step (one rollout batch of ``--batch`` prompts + ``--epochs`` PPO epochs
-of ``--mini-batches`` optimizer steps each): seconds per step (median over the steps after
+of ``--mini-batches`` optimizer steps each): seconds per step (mean over the steps after
 2 warm-up steps), its split into rollout (generation, reward model, reference log-probs, values;
 for TRL also its reward shaping, GAE and advantage whitening) and update (the PPO epochs; for us
 also reward shaping, GAE and whitening, for TRL also its metric gathering), and the peak RSS of the
@@ -18,7 +18,7 @@ medians over ``--repeats`` are reported with their ratio.
 
 Both sides get the same policy, prompts (``prompt_records(steps x batch, seed=0)``, deduplicated,
 rendered with the chat template), rollout batch, response length, temperature 1.0 (no top-k/top-p),
-PPO epochs and mini-batches, fp32, AdamW (torch, non-fused) at a constant LR with no weight decay and
+PPO epochs and mini-batches, fp32, AdamW (torch, fused) at a constant LR with no weight decay and
 no gradient clipping (TRL's PPO loop never clips), KL coefficient 0.05 (k1 in the reward), clip
 ranges 0.2, vf_coef 0.1, gamma 1, lambda 0.95, whitened advantages and unwhitened rewards, a critic
 started from the policy's weights with a new scalar head, a frozen copy of the policy as reference,
@@ -107,14 +107,14 @@ def _prepare(args, work: Path) -> dict:
 
 
 def _step_stats(ends: list[float], rollout: list[float], update: list[float], lengths: list[float]) -> dict:
-    """Medians over the steps after the warm-up; a step's time runs from the previous step's end."""
+    """Means over the steps after the warm-up; a step's time runs from the previous step's end."""
     timed = range(WARMUP_STEPS, len(ends))
     if not timed:
         raise ValueError(f"need more than {WARMUP_STEPS} steps (the first {WARMUP_STEPS} are warm-up)")
     return {
-        "step_time_s": statistics.median(ends[i] - ends[i - 1] for i in timed),
-        "rollout_s": statistics.median(rollout[i] for i in timed),
-        "update_s": statistics.median(update[i] for i in timed),
+        "step_time_s": statistics.mean(ends[i] - ends[i - 1] for i in timed),
+        "rollout_s": statistics.mean(rollout[i] for i in timed),
+        "update_s": statistics.mean(update[i] for i in timed),
         "response_tokens": statistics.mean(lengths[i] for i in timed),
         "steps_timed": len(timed),
     }
@@ -296,7 +296,7 @@ def _trl(args, work: Path) -> dict:
         whiten_rewards=False,
         learning_rate=LR,
         lr_scheduler_type="constant",
-        optim="adamw_torch",
+        optim="adamw_torch_fused",
         weight_decay=0.0,
         num_sample_generations=0,
         save_strategy="no",
