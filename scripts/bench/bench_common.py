@@ -4,6 +4,7 @@ which run as scripts with this folder first on sys.path)."""
 from __future__ import annotations
 
 import resource
+from pathlib import Path
 
 
 def peak_rss() -> int:
@@ -44,3 +45,22 @@ def peft_lora(task_type: str):
         lora_dropout=LORA["dropout"],
         target_modules=LORA["target_modules"],
     )
+
+
+REPO = Path(__file__).resolve().parents[2]
+WARMUP_STEPS = 3
+HH_FILE = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"  # relative to the repository root
+SMOLLM2 = "builtin:smollm2-135m-instruct"
+RANKED_K = 4
+PAIRS_PER_RANKING = RANKED_K * (RANKED_K - 1) // 2
+RANKED_NOISE = 10  # percent
+
+
+def _hh_path() -> Path:
+    return (REPO / HH_FILE).resolve()
+
+
+def _trl_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("trl")
