@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rlhf.math.ops import token_logprobs
-from rlhf.rollout.sampling import Samples, position_ids, response_logprobs
+from rlhf.rollout.sampling import Samples, predicting_logits, response_logprobs
 
 
 class ActorCritic(nn.Module):
@@ -38,9 +38,7 @@ class ActorCritic(nn.Module):
         The logits at position t predict token t + 1, and the value at t is V(tokens up to t):
         both are read from one position before each response token.
         """
-        positions = position_ids(attention_mask)
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
-        logits = out.logits[:, prompt_length - 1 : -1].float()
+        logits = predicting_logits(self.policy, input_ids, attention_mask, prompt_length).float()
         if temperature != 1.0:
             logits = logits / temperature
         values = None

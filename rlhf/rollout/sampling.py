@@ -246,16 +246,27 @@ def sample(
     )
 
 
+def predicting_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int):
+    """Logits [B, R, V] of the positions that predict the R = T - prompt_length response tokens.
+
+    The logit at position t predicts token t + 1, so the predictors start one before the
+    response and the last position predicts nothing. Only those positions go through the
+    language-model head (``logits_to_keep``); a model that ignores it gives every position.
+    """
+    keep = input_ids.shape[1] - prompt_length + 1
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+        logits_to_keep=keep,
+    )
+    return out.logits[:, out.logits.shape[1] - keep : -1]
+
+
 def response_logits(model, samples: Samples, temperature: float = 1.0) -> torch.Tensor:
     """Logits [B, R, V] that predict each response token, divided by the sampling temperature."""
-    out = model(
-        input_ids=samples.input_ids,
-        attention_mask=samples.attention_mask,
-        position_ids=position_ids(samples.attention_mask),
-        use_cache=False,
-    )
-    # The logit at position t predicts token t + 1, so the response's predictors start one early.
-    logits = out.logits[:, samples.prompt_length - 1 : -1]
+    logits = predicting_logits(model, samples.input_ids, samples.attention_mask, samples.prompt_length)
     return logits.float() / temperature if temperature != 1.0 else logits
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from helpers import load_tiny_lm, plain_response_logprobs, point_eos_along_mean_hidden
 
+from rlhf.math.ops import token_logprobs
 from rlhf.rollout.sampling import (
     Samples,
     SamplingConfig,
@@ -338,6 +339,30 @@ def test_response_logprobs_hand_built_left_padding(model, gpt2_model, which, tem
     )
     assert samples.attention_mask[:, : samples.prompt_length].sum(-1).tolist() == [3, 9, 6, 1]
     assert_matches_plain(model.eval(), samples, temperature)
+
+
+def test_only_the_predicting_positions_go_through_the_lm_head(model):
+    """The head (a 1/5 of SmolLM2-135M's weights) runs on the R + 1 last positions, not the prompt;
+    the policy's logits of PPO's ActorCritic are then those of the plain per-row pass."""
+    from torch import nn
+
+    from rlhf.rollout.actor_critic import ActorCritic
+
+    samples = make_samples([[40, 41, 42, 43, 44], [50]], [[60, 61, EOS], [70, 71, 72]], 5)
+    widths = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _o: widths.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            expected = response_logprobs(model.eval(), samples, 0.7)
+            logits, values = ActorCritic(model, nn.Identity())(
+                samples.input_ids, samples.attention_mask, samples.prompt_length, 0.7, with_values=False
+            )
+    finally:
+        hook.remove()
+    assert widths == [samples.response_ids.shape[1] + 1] * 2
+    assert values is None
+    assert_matches_plain(model, samples, 0.7)
+    torch.testing.assert_close(token_logprobs(logits, samples.response_ids) * samples.response_mask, expected)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
