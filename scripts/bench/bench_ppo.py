@@ -141,7 +141,8 @@ def _ours(args, work: Path) -> dict:
         return tracker
 
     common.tracker = timed_tracker
-    out = work / "ours-out"
+    # A fresh folder per run: the repeats share ``work``, and a folder holding a finished run is refused.
+    out = Path(tempfile.mkdtemp(prefix="ours-out-", dir=work))
     micro = args.batch // args.mini_batches
     cfg = load_config(
         ppo.PPOConfig,
