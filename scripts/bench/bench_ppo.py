@@ -142,7 +142,7 @@ def _ours(args, work: Path) -> dict:
 
     common.tracker = timed_tracker
     # A fresh folder per run: the repeats share ``work``, and a folder holding a finished run is refused.
-    out = Path(tempfile.mkdtemp(prefix="ours-out-", dir=work))
+    out = Path(tempfile.mkdtemp(prefix="ours-", dir=work)) / "out"
     micro = args.batch // args.mini_batches
     cfg = load_config(
         ppo.PPOConfig,
