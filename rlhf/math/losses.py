@@ -148,6 +148,46 @@ def _token_normalizer(mask: torch.Tensor, normalizer: float | torch.Tensor | Non
     return mask.sum().clamp(min=1) if normalizer is None else normalizer
 
 
+# How a per-token loss becomes one number (see ``aggregate_token_loss``).
+LOSS_AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
+
+
+def aggregate_token_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: str = "token_mean",
+    *,
+    num_tokens: float | torch.Tensor | None = None,
+    num_sequences: float | torch.Tensor | None = None,
+    constant_length: int | None = None,
+) -> torch.Tensor:
+    """A [B, T] per-token loss as a scalar, so that summing it over micro-batches and processes
+    gives the loss of the global batch.
+
+    - ``token_mean``: sum over valid tokens / ``num_tokens`` (global token count; DAPO's
+      token-level loss, and PPO's): every token weighs the same, a long response more.
+    - ``sequence_mean``: each response's token mean, summed / ``num_sequences`` (global count;
+      the GRPO paper): every response weighs the same, a long one's tokens less.
+    - ``constant``: sum over valid tokens / (``num_sequences`` x ``constant_length``) (Dr.
+      GRPO, with the maximum response length): no length bias either way.
+
+    Counts default to this batch's own (token count at least 1, rows with a valid token).
+    """
+    keep = mask.bool()
+    masked = torch.where(keep, per_token, torch.zeros_like(per_token))
+    if aggregation == "token_mean":
+        return masked.sum() / _token_normalizer(keep, num_tokens)
+    sequences = keep.any(1).sum().clamp(min=1) if num_sequences is None else num_sequences
+    if aggregation == "sequence_mean":
+        lengths = keep.sum(1).clamp(min=1)
+        return (masked.sum(1) / lengths).sum() / sequences
+    if aggregation == "constant":
+        if not constant_length or constant_length < 1:
+            raise ValueError("the constant aggregation needs constant_length >= 1 (the maximum response length)")
+        return masked.sum() / (sequences * constant_length)
+    raise ValueError(f"unknown loss aggregation {aggregation!r}; valid: {', '.join(LOSS_AGGREGATIONS)}")
+
+
 def ppo_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -155,14 +195,21 @@ def ppo_policy_loss(
     mask: torch.Tensor,
     clip_eps: float = 0.2,
     *,
+    clip_eps_high: float | None = None,
     normalizer: float | torch.Tensor | None = None,
+    aggregation: str = "token_mean",
+    num_sequences: float | torch.Tensor | None = None,
+    constant_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017), per response token.
 
     With ``ratio = exp(logp - logp_old)`` the per-token loss is
-    ``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))``: the pessimistic branch, so a
-    token whose ratio already moved past the clip range in the advantage's direction gives
-    no gradient. The loss is the sum over valid tokens divided by ``normalizer``.
+    ``max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high))``: the pessimistic branch, so
+    a token whose ratio already moved past the clip range in the advantage's direction gives
+    no gradient. ``eps_low = clip_eps``; ``eps_high = clip_eps_high`` (DAPO's "clip-higher",
+    e.g. 0.28, leaves room for unlikely tokens to grow) or ``clip_eps`` when None. The tokens'
+    losses are combined by :func:`aggregate_token_loss` (``token_mean`` by default: the sum over
+    valid tokens divided by ``normalizer``).
 
     Args:
         logprobs: [B, T] current policy log-probs of the sampled tokens (with gradient).
@@ -171,22 +218,27 @@ def ppo_policy_loss(
         advantages: [B, T] advantages (whitened by the caller); constants (detached here).
         mask: [B, T] bool or 0/1, true at valid response tokens. Entries outside it are ignored
             and give no gradient, whatever they hold.
-        clip_eps: the clip range eps.
+        clip_eps: the clip range eps (the lower one when ``clip_eps_high`` is given).
+        clip_eps_high: the upper clip range; None = ``clip_eps``.
         normalizer: scalar, number of valid tokens in the global batch (all micro-batches,
             all processes), so the loss does not depend on how the step is split; defaults to
             this batch's count.
+        aggregation, num_sequences, constant_length: see :func:`aggregate_token_loss`.
     Returns:
         loss: scalar.
         metrics (detached; means over this batch's valid tokens):
-            ``clipfrac`` fraction of tokens where the clipped branch is the larger (active) one;
+            ``clipfrac`` fraction of tokens where the clipped branch is the larger (active) one,
+            ``clipfrac_low`` / ``clipfrac_high`` those clipped below 1 - eps_low (A < 0) and
+            above 1 + eps_high (A > 0);
             ``approx_kl`` ``0.5 * (logp - logp_old)**2`` (k2);
             ``approx_kl_k3`` ``(ratio - 1) - log ratio``, unbiased for KL(old || new) since the
             tokens were sampled from the old policy;
             ``ratio_mean``, ``ratio_max`` (0 for an empty mask);
-            ``tokens`` and ``clipped_tokens``: counts, to sum across processes for a global
-            ``clipfrac``.
+            ``tokens``, ``clipped_tokens``, ``clipped_low_tokens``, ``clipped_high_tokens``:
+            counts, to sum across processes for global fractions.
     """
     keep = mask.bool()
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     old_logprobs = old_logprobs.detach()
     advantages = advantages.detach()
     # Zero the log-ratio outside the mask *before* exp: garbage there would otherwise give
@@ -196,16 +248,27 @@ def ppo_policy_loss(
     advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
 
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)
     per_token = torch.maximum(unclipped, clipped)
-    loss = (per_token * keep).sum() / _token_normalizer(keep, normalizer)
+    loss = aggregate_token_loss(
+        per_token,
+        keep,
+        aggregation,
+        num_tokens=normalizer,
+        num_sequences=num_sequences,
+        constant_length=constant_length,
+    )
 
     with torch.no_grad():
         clipped_active = (clipped > unclipped) & keep
+        low = clipped_active & (ratio < 1.0)
+        high = clipped_active & (ratio > 1.0)
         log_ratio_d = log_ratio.detach()
         ratio_d = ratio.detach()
         metrics = {
             "clipfrac": masked_mean(clipped_active.float(), keep),
+            "clipfrac_low": masked_mean(low.float(), keep),
+            "clipfrac_high": masked_mean(high.float(), keep),
             "approx_kl": masked_mean(0.5 * log_ratio_d * log_ratio_d, keep),
             "approx_kl_k3": masked_mean(torch.expm1(log_ratio_d) - log_ratio_d, keep),
             "ratio_mean": masked_mean(ratio_d, keep),
@@ -213,6 +276,8 @@ def ppo_policy_loss(
             "ratio_max": torch.where(keep, ratio_d, torch.zeros_like(ratio_d)).max(),
             "tokens": keep.sum(),
             "clipped_tokens": clipped_active.sum(),
+            "clipped_low_tokens": low.sum(),
+            "clipped_high_tokens": high.sum(),
         }
     return loss, metrics
 
