@@ -409,7 +409,7 @@ def builtin_names() -> list[str]:
 
 
 def _load_builtin_modules() -> None:
-    from preference_data import synthetic, synthetic_prefs  # noqa: F401  (they register on import)
+    from preference_data import arithmetic, synthetic, synthetic_prefs  # noqa: F401  (they register on import)
 
 
 def _read_builtin(path: str) -> Iterator[Row]:

@@ -54,11 +54,13 @@ def prompt_key(prompt) -> str:
 
 @dataclass(frozen=True)
 class PromptRecord:
-    """A prompt alone (PPO rollouts)."""
+    """A prompt alone (RL rollouts); ``metadata`` is the row's optional JSON object of facts about
+    it (e.g. the reference answer), handed to reward functions that take the record."""
 
     prompt: str | tuple[dict, ...]
     source: str = ""
     line: int = 0
+    metadata: dict | None = None
 
 
 @dataclass(frozen=True)

@@ -126,9 +126,12 @@ def _responses(data: dict, minimum: int) -> tuple[str, ...]:
 
 
 def check_prompt(data: object, source: str = "<memory>", line: int = 0) -> PromptRecord:
-    """{"prompt": str | [messages ending with a user turn]} -> PromptRecord."""
+    """{"prompt": str | [messages ending with a user turn], "metadata"?: {...}} -> PromptRecord."""
     data = _require(data, "prompt")
-    return PromptRecord(_prompt(data["prompt"]), source, line)
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise Rejected(f"field 'metadata' must be a JSON object, got {type_name(metadata)}")
+    return PromptRecord(_prompt(data["prompt"]), source, line, metadata)
 
 
 def check_pairwise(data: object, source: str = "<memory>", line: int = 0) -> PairwiseRecord:

@@ -97,6 +97,12 @@ def constant_reward(prompt, response) -> float:
     return 7.0
 
 
+def answer_length(prompt, response, record) -> float:
+    """A reward function that reads the prompt record (given as `helpers:answer_length`): the
+    length of its metadata.answer, whatever the response."""
+    return float(len(record.metadata["answer"]))
+
+
 def load_tiny_lm():
     """builtin:tiny as a float32 causal LM in eval mode."""
     import torch

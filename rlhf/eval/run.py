@@ -32,7 +32,7 @@ def evaluate(
     from preference_data.validate_preferences import load_kind
     from rlhf.eval.metrics import sample_with_kl, win_rate
     from rlhf.models.folders import load_policy, resolve_device
-    from rlhf.rollout.rewards import load_function
+    from rlhf.rollout.rewards import load_function, takes_record
     from rlhf.rollout.sampling import SamplingConfig
 
     if not policies:
@@ -66,7 +66,11 @@ def evaluate(
         for seed in seeds:
             out = sample_with_kl(model, reference_model, tokenizer, texts, sampling, batch_size=batch_size, seed=seed)
             if judge_fn:
-                out["judge"] = [float(judge_fn(p, r)) for p, r in zip(texts, out["texts"])]
+                # A verifiable judge (f(prompt, response, record)) reads the record's metadata.
+                extra = (lambda record: {"record": record}) if takes_record(judge_fn) else (lambda record: {})
+                out["judge"] = [
+                    float(judge_fn(p, r, **extra(record))) for p, r, record in zip(texts, out["texts"], records)
+                ]
             if scorer:
                 out["reward"] = scorer.score(texts, out["texts"])
             runs.append(out)

@@ -20,7 +20,9 @@ from rlhf.rollout.sampling import Samples, predicting_logits, response_logprobs
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, policy: nn.Module, critic: nn.Module) -> None:
+    """The policy and its value model; ``critic`` None for the critic-free estimators (no values)."""
+
+    def __init__(self, policy: nn.Module, critic: Optional[nn.Module]) -> None:
         super().__init__()
         self.policy = policy
         self.critic = critic
@@ -42,7 +44,7 @@ class ActorCritic(nn.Module):
         if temperature != 1.0:
             logits = logits / temperature
         values = None
-        if with_values:
+        if with_values and self.critic is not None:
             values = self.critic(input_ids, attention_mask, per_token=True)[:, prompt_length - 1 : -1]
         return logits, values
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Optional
 
@@ -24,8 +25,25 @@ def load_function(spec: str) -> Callable:
     return function
 
 
+def takes_record(function: Callable) -> bool:
+    """Whether a reward function accepts the prompt record: a ``record`` parameter or ``**kwargs``
+    (``f(prompt, response, record)``, for verifiable rewards that read ``record.metadata``)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "record" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _function_source(function: Callable) -> Callable:
+    """(prompts, responses, records) -> scores for a ``f(prompt, response[, record])``."""
+    if takes_record(function):
+        return lambda p, r, records: [float(function(a, b, record=c)) for a, b, c in zip(p, r, records)]
+    return lambda p, r, records: [float(function(a, b)) for a, b in zip(p, r)]
+
+
 class Scorer:
-    """``score(prompts, responses)`` -> [B] float32: the weighted sum of every configured source.
+    """``score(prompts, responses[, records])`` -> [B] float32: the weighted sum of every configured source.
 
     The reward model reads the decoded text with its own tokenizer and template, so it need not
     share the policy's tokenizer; it is frozen, in eval mode, and never wrapped by the engine.
@@ -49,10 +67,11 @@ class Scorer:
             reward_model = RewardModel.from_pretrained(model, device=device)
             if prepare is not None:
                 reward_model.model = prepare(reward_model.model)
-            self.sources.append((f"reward_model:{model}", lambda p, r: reward_model.score(p, r, normalize=normalize)))
+            self.sources.append(
+                (f"reward_model:{model}", lambda p, r, _records: reward_model.score(p, r, normalize=normalize))
+            )
         for spec in functions:
-            function = load_function(spec)
-            self.sources.append((spec, lambda p, r, f=function: [float(f(a, b)) for a, b in zip(p, r)]))
+            self.sources.append((spec, _function_source(load_function(spec))))
         if not self.sources:
             raise ValueError("no reward: set reward.model and/or reward.functions")
         if weights and len(weights) != len(self.sources):
@@ -62,14 +81,18 @@ class Scorer:
             )
         self.weights = list(weights) if weights else [1.0] * len(self.sources)
 
-    def score(self, prompts: Sequence, responses: Sequence[str]) -> torch.Tensor:
-        return self.combine(self.score_by_source(prompts, responses))
+    def score(self, prompts: Sequence, responses: Sequence[str], records: Optional[Sequence] = None) -> torch.Tensor:
+        return self.combine(self.score_by_source(prompts, responses, records))
 
-    def score_by_source(self, prompts: Sequence, responses: Sequence[str]) -> dict[str, torch.Tensor]:
+    def score_by_source(
+        self, prompts: Sequence, responses: Sequence[str], records: Optional[Sequence] = None
+    ) -> dict[str, torch.Tensor]:
         """Each source's unweighted scores [B] by its name ('reward_model:PATH' or 'module:function'),
-        so that a bad score can be traced to the source that gave it."""
+        so that a bad score can be traced to the source that gave it. ``records`` [B] are the prompt
+        records (with their metadata) for the functions that take one; None hands them None."""
+        records = list(records) if records is not None else [None] * len(prompts)
         return {
-            name: torch.tensor(source(list(prompts), list(responses)), dtype=torch.float32)
+            name: torch.tensor(source(list(prompts), list(responses), records), dtype=torch.float32)
             for name, source in self.sources
         }
 

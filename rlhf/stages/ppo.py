@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from rlhf.math.advantages import explained_variance, gae
+from rlhf.math.advantages import explained_variance
 from rlhf.math.kl import kl_penalty, make_kl_controller
-from rlhf.math.losses import ppo_policy_loss, ppo_value_loss
+from rlhf.math.losses import aggregate_token_loss, ppo_policy_loss, ppo_value_loss
 from rlhf.math.ops import entropy_from_logits, masked_sum, token_logprobs
 from rlhf.math.seeds import derive_seed
 from rlhf.models.adapt import apply_adaptation, count_parameters, disable_dropout
@@ -29,8 +29,9 @@ from rlhf.runtime.optim import build_optimizer
 from rlhf.stages import common
 from rlhf.stages.inputs import input_fingerprints
 from rlhf.stages.nonfinite import NonFiniteGuard
+from rlhf.stages.ppo_advantages import compute_advantages
 from rlhf.stages.ppo_config import PPOConfig
-from rlhf.stages.ppo_rollout import Rollout, global_whiten, load_prompts, sample_and_score
+from rlhf.stages.ppo_rollout import Rollout, load_prompts, sample_and_score
 
 __all__ = ["PPOConfig", "run"]
 
@@ -45,7 +46,17 @@ def _save_policy(backend, model, tokenizer, folder: Path, merge: bool) -> Path:
 
 
 PLOT_KEYS = ("score", "kl", "policy_loss", "value_loss", "entropy", "eos_rate")
-UPDATE_METRICS = ("policy_loss", "value_loss", "entropy", "clipfrac", "vf_clipfrac", "approx_kl")
+UPDATE_METRICS = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "clipfrac",
+    "clipfrac_low",
+    "clipfrac_high",
+    "vf_clipfrac",
+    "approx_kl",
+)
+CRITIC_METRICS = ("value_loss", "vf_clipfrac", "explained_variance")
 
 # The update's sums over micro-batches and processes, by name: losses and token counts.
 UPDATE_SUMS = (
@@ -53,6 +64,8 @@ UPDATE_SUMS = (
     "value_loss",
     "entropy",
     "clipped_tokens",
+    "clipped_low_tokens",
+    "clipped_high_tokens",
     "vf_clipped_tokens",
     "approx_kl_tokens",
     "tokens",
@@ -77,7 +90,7 @@ class _Run:
     report: Any
     batches: Any  # iterator of global prompt batches
     sampling: SamplingConfig
-    per_process: int  # prompts each process rolls out per step
+    per_process: int  # samples each process rolls out per step (its prompts x group size)
     start_step: int
     trainable: int
     total: int
@@ -107,29 +120,32 @@ def _setup(cfg: PPOConfig) -> _Run:
     guard = NonFiniteGuard(cfg, backend, "ppo", rollouts=True)
     world = backend.world_size
     mini_batch = cfg.batch.micro_batch_size * cfg.batch.grad_accum * world
-    if cfg.rollout.batch_size % mini_batch:
+    if cfg.samples_per_step % mini_batch or cfg.rollout.batch_size % world:
         raise ValueError(
-            f"rollout.batch_size={cfg.rollout.batch_size} must be a multiple of the mini-batch "
-            f"batch.micro_batch_size x batch.grad_accum x processes = {mini_batch}"
+            f"rollout.batch_size={cfg.rollout.batch_size} prompts x rollout.group_size={cfg.rollout.group_size} "
+            f"= {cfg.samples_per_step} samples must be a multiple of the mini-batch batch.micro_batch_size x "
+            f"batch.grad_accum x processes = {mini_batch}, and the prompts a multiple of the {world} process(es)"
         )
 
     tokenizer = load_tokenizer(cfg.model)
     # Dropout off after adaptation, which adds dropout of its own (LoRA's lora_dropout).
     policy = disable_dropout(apply_adaptation(load_causal_lm(cfg.model), cfg.model.adapt))
     reference_mode = cfg.resolved_reference()
-    critic = load_critic(
-        cfg.critic.init_from or cfg.model.name_or_path,
-        cfg.critic.adapt,
-        pad_token_id=tokenizer.pad_token_id,
-        vocab_size=len(tokenizer),
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-    )
+    critic = None
+    if cfg.has_critic:  # the critic-free estimators build no value model and hold no state for it
+        critic = load_critic(
+            cfg.critic.init_from or cfg.model.name_or_path,
+            cfg.critic.adapt,
+            pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer),
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
+        )
     model = ActorCritic(policy, critic)
     trainable, total = count_parameters(model)
 
     prompts, report = load_prompts(cfg, tokenizer, backend)
-    updates_per_step = cfg.ppo.epochs * (cfg.rollout.batch_size // mini_batch)
-    lr_groups = {"critic.": cfg.critic.lr} if cfg.critic.lr is not None else None
+    updates_per_step = cfg.ppo.epochs * (cfg.samples_per_step // mini_batch)
+    lr_groups = {"critic.": cfg.critic.lr} if cfg.critic.lr is not None and critic is not None else None
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.max_steps * updates_per_step, lr_groups)
     model, optimizer = backend.prepare(model, optimizer, scheduler)
     # Frozen models after the engine is set up (under ZeRO-3 they get inference engines of their own).
@@ -152,9 +168,14 @@ def _setup(cfg: PPOConfig) -> _Run:
     guard.begin(model, tracker, resume, started=started, plot_keys=PLOT_KEYS)
     tracker.write(report.summary())
     tracker.write(
-        f"ppo: {len(prompts)} prompts; reference {reference_mode}; critic from "
-        f"{cfg.critic.init_from or 'the policy'}; {world} process(es), {backend.distributed_type}; "
-        f"trainable {trainable:,} / {total:,}; {cfg.max_steps} steps of {cfg.rollout.batch_size} prompts, "
+        f"ppo: {len(prompts)} prompts; reference {reference_mode}; advantage {cfg.ppo.advantage}, "
+        + (
+            f"critic from {cfg.critic.init_from or 'the policy'}"
+            if critic is not None
+            else f"no critic, groups of {cfg.rollout.group_size}"
+        )
+        + f"; {world} process(es), {backend.distributed_type}; trainable {trainable:,} / {total:,}; "
+        f"{cfg.max_steps} steps of {cfg.rollout.batch_size} prompts x {cfg.rollout.group_size}, "
         f"{updates_per_step} updates each" + (f"; resumed at {start_step}" if resume else "")
     )
     sampling = SamplingConfig(
@@ -176,7 +197,7 @@ def _setup(cfg: PPOConfig) -> _Run:
         report,
         batches,
         sampling,
-        cfg.rollout.batch_size // world,
+        cfg.samples_per_step // world,
         start_step,
         trainable,
         total,
@@ -193,16 +214,11 @@ def _step(r: _Run, step: int) -> None:
     rollout = sample_and_score(r, step)
     mask = rollout.mask
 
-    # Step 3: per-token rewards (KL penalty, score at the last real token) and advantages.
+    # Step 3: rewards (KL penalty, score) and advantages, by estimator.
     update_start = time.time()
     kl_tokens = kl_penalty(rollout.old_logps, rollout.ref_logps, cfg.kl.estimator, mask=mask)
-    non_score = torch.zeros_like(mask) if cfg.kl.in_loss else -r.kl_ctl.value * kl_tokens
-    last = (mask.sum(-1).long() - 1).clamp(min=0)
-    rewards = non_score.clone()
-    rewards[torch.arange(len(rollout.scores), device=rewards.device), last] += rollout.scores
-    advantages, returns = gae(rewards, rollout.old_values, mask, cfg.ppo.gamma, cfg.ppo.lam)
-    if cfg.ppo.whiten_advantages:
-        advantages = global_whiten(advantages, mask, backend)
+    estimate = compute_advantages(cfg, rollout, kl_tokens, r.kl_ctl.value, backend)
+    advantages, returns, non_score = estimate.advantages, estimate.returns, estimate.non_score
     valid = mask.bool()
     checks = {f"score from {name}": scores for name, scores in rollout.source_scores.items()}
     checks.update({"score": rollout.scores, "kl": kl_tokens[valid], "advantages": advantages[valid]})
@@ -232,7 +248,7 @@ def _step(r: _Run, step: int) -> None:
     n = sums["samples"]
     mean_kl = sums["kl"] / n
     kl_coef = r.kl_ctl.value
-    r.kl_ctl.update(mean_kl, cfg.rollout.batch_size)
+    r.kl_ctl.update(mean_kl, cfg.samples_per_step)
     updates = max(float(updates), 1.0)  # optimizer steps, the same on every process
     tokens = max(update["tokens"], 1.0)
     metrics = {
@@ -245,9 +261,16 @@ def _step(r: _Run, step: int) -> None:
         "value_loss": update["value_loss"] / updates,
         "entropy": update["entropy"] / updates,
         "clipfrac": update["clipped_tokens"] / tokens,
+        "clipfrac_low": update["clipped_low_tokens"] / tokens,
+        "clipfrac_high": update["clipped_high_tokens"] / tokens,
         "vf_clipfrac": update["vf_clipped_tokens"] / tokens,
         "approx_kl": update["approx_kl_tokens"] / tokens,
-        "explained_variance": backend.mean_over_processes(float(explained_variance(rollout.old_values, returns, mask))),
+        "explained_variance": (
+            backend.mean_over_processes(float(explained_variance(rollout.old_values, returns, mask)))
+            if cfg.has_critic
+            else 0.0
+        ),
+        **estimate.metrics,
         "eos_rate": sums["ended"] / n,
         "response_length": sums["response_tokens"] / n,
         "epochs_run": epochs_run,
@@ -257,10 +280,12 @@ def _step(r: _Run, step: int) -> None:
         "lr": r.scheduler.get_last_lr()[0],
         **r.guard.counts(),
     }
+    if not cfg.has_critic:  # no value model: nothing to report about one
+        metrics = {key: value for key, value in metrics.items() if key not in CRITIC_METRICS}
     if update["tokens"] == 0:  # every update of the step was dropped (nonfinite.policy=skip): no losses
         metrics = {key: value for key, value in metrics.items() if key not in UPDATE_METRICS}
     else:  # "loss" drives the progress bar's readout: the PPO objective of the last epochs.
-        metrics = {"loss": metrics["policy_loss"] + cfg.ppo.vf_coef * metrics["value_loss"], **metrics}
+        metrics = {"loss": metrics["policy_loss"] + cfg.ppo.vf_coef * metrics.get("value_loss", 0.0), **metrics}
     if step % cfg.tracking.log_every == 0 or step in (1, cfg.max_steps):  # step 1 is the summary's first_score
         r.tracker.log(step, metrics)
     if cfg.rollout.log_samples_every and (step % cfg.rollout.log_samples_every == 0 or step == 1):
@@ -289,13 +314,20 @@ def _update(r: _Run, step: int, rollout: Rollout, advantages, returns) -> tuple[
         for start in range(0, r.per_process, local_mini):
             rows = order[start : start + local_mini]
             normalizer = float(backend.all_reduce_sum(mask[rows].sum()))
+            # Responses with a token, for the per-response aggregations (global, like the tokens).
+            sequences = float(backend.all_reduce_sum(mask[rows].bool().any(-1).sum()))
+            aggregate = {
+                "aggregation": cfg.ppo.loss_aggregation,
+                "num_sequences": sequences,
+                "constant_length": cfg.rollout.max_new_tokens,
+            }
             mini = dict.fromkeys(UPDATE_SUMS, 0.0)  # this mini-batch's sums, kept if its update is applied
             objective = 0.0  # what was back-propagated, checked for finiteness
             for m in range(0, local_mini, micro):
                 idx = rows[m : m + micro]
                 chunk = rollout.samples.subset(idx)
                 with backend.accumulate(model):
-                    logits, values = forward_samples(model, chunk, temperature)
+                    logits, values = forward_samples(model, chunk, temperature, with_values=cfg.has_critic)
                     logps = token_logprobs(logits, chunk.response_ids)
                     pg, pg_m = ppo_policy_loss(
                         logps,
@@ -303,23 +335,27 @@ def _update(r: _Run, step: int, rollout: Rollout, advantages, returns) -> tuple[
                         advantages[idx],
                         mask[idx],
                         cfg.ppo.clip_eps,
+                        clip_eps_high=cfg.ppo.clip_eps_high,
                         normalizer=normalizer,
+                        **aggregate,
                     )
-                    vf, vf_m = ppo_value_loss(
-                        values.float(),
-                        rollout.old_values[idx],
-                        returns[idx],
-                        mask[idx],
-                        cfg.ppo.value_clip_eps,
-                        normalizer=normalizer,
-                    )
+                    vf, vf_m = torch.zeros(()), {"vf_clipped_tokens": 0.0}
+                    if values is not None:
+                        vf, vf_m = ppo_value_loss(
+                            values.float(),
+                            rollout.old_values[idx],
+                            returns[idx],
+                            mask[idx],
+                            cfg.ppo.value_clip_eps,
+                            normalizer=normalizer,
+                        )
                     with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ppo.entropy_coef != 0):
                         entropy = masked_sum(entropy_from_logits(logits), mask[idx]) / normalizer
                     loss = pg + cfg.ppo.vf_coef * vf - cfg.ppo.entropy_coef * entropy
                     if cfg.kl.in_loss:
                         # logps are not masked: pad positions after EOS must not reach the exponential.
                         k3 = kl_penalty(logps, rollout.ref_logps[idx], "k3", mask=mask[idx])
-                        kl = masked_sum(k3, mask[idx]) / normalizer
+                        kl = aggregate_token_loss(k3, mask[idx], num_tokens=normalizer, **aggregate)
                         loss = loss + r.kl_ctl.value * kl
                     backend.backward(loss)
                 objective += float(loss.detach())
@@ -328,6 +364,8 @@ def _update(r: _Run, step: int, rollout: Rollout, advantages, returns) -> tuple[
                 mini["value_loss"] += float(vf.detach())
                 mini["entropy"] += float(entropy.detach())
                 mini["clipped_tokens"] += float(pg_m["clipped_tokens"])
+                mini["clipped_low_tokens"] += float(pg_m["clipped_low_tokens"])
+                mini["clipped_high_tokens"] += float(pg_m["clipped_high_tokens"])
                 mini["vf_clipped_tokens"] += float(vf_m["vf_clipped_tokens"])
                 mini["approx_kl_tokens"] += float(pg_m["approx_kl"]) * tokens
                 mini["tokens"] += tokens
@@ -372,6 +410,8 @@ def _save(r: _Run) -> dict:
         "trainable_parameters": r.trainable,
         "total_parameters": r.total,
         "rollout_batch_size": cfg.rollout.batch_size,
+        "group_size": cfg.rollout.group_size,
+        "advantage": cfg.ppo.advantage,
         "data": r.report.to_dict(),
         **common.run_facts(backend, r.started),
     }

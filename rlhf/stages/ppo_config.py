@@ -18,6 +18,9 @@ from rlhf.config.sections import (
 )
 from rlhf.math.kl import AdaptiveKLController
 
+# Estimators whose baseline is the other responses to the same prompt.
+GROUP_BASELINES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+
 
 @dataclass(frozen=True)
 class PPODataConfig:
@@ -39,7 +42,14 @@ class PPODataConfig:
 class RolloutConfig:
     """Sampling the responses."""
 
-    batch_size: int = param(32, "Prompts per PPO step, over all processes (a multiple of the mini-batch).")
+    batch_size: int = param(
+        32, "Prompts per PPO step, over all processes; batch_size x group_size samples (a multiple of the mini-batch)."
+    )
+    group_size: int = param(
+        1,
+        "Responses sampled per prompt (G). The group-baseline estimators (ppo.advantage grpo, dr_grpo, rloo, "
+        "reinforce_pp_baseline) need G >= 2: a prompt's G responses are each other's baseline.",
+    )
     max_new_tokens: int = param(48, "Longest response.")
     temperature: float = param(1.0, "Sampling temperature (log-probs are taken at the same temperature).")
     top_k: int = param(0, "Sample from the k most likely tokens (0 = all).")
@@ -105,7 +115,26 @@ class PPOLossConfig:
     entropy_coef: float = param(0.0, "Entropy bonus weight.")
     gamma: float = param(1.0, "Discount.")
     lam: float = param(0.95, "GAE lambda.")
-    whiten_advantages: bool = param(True, "Whiten advantages over valid tokens of the batch (all processes).")
+    whiten_advantages: bool = param(
+        True, "gae: whiten advantages over valid tokens of the batch (all processes); reinforce_pp* always do."
+    )
+    advantage: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = param(
+        "gae",
+        "Advantage estimator. gae: a critic (value model) and GAE. Critic-free (no value model is built, the critic "
+        "section is unused): grpo (r - group mean) / group std; dr_grpo r - group mean; rloo r - mean of the "
+        "group's other responses; reinforce_pp per-token returns of score - KL, whitened over the batch; "
+        "reinforce_pp_baseline the same with the score minus its group's mean. With kl.in_loss=false the "
+        "sequence estimators take score - kl.coef x the response's summed KL as reward.",
+    )
+    clip_eps_high: Optional[float] = param(
+        None, "Upper policy ratio clip range (DAPO's clip-higher, e.g. 0.28); null = clip_eps."
+    )
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = param(
+        "token_mean",
+        "How token losses combine: token_mean over the global batch's tokens (PPO, DAPO); sequence_mean, each "
+        "response's token mean averaged over responses (the GRPO paper); constant, token sum / (responses x "
+        "rollout.max_new_tokens) (Dr. GRPO).",
+    )
     target_kl: Optional[float] = param(
         None, "Stop the epochs of a step early when the approximate KL to the rollout policy exceeds this."
     )
@@ -139,12 +168,22 @@ class PPOConfig(StageConfig):
         ):
             if value < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
-        local_mini = self.batch.micro_batch_size * self.batch.grad_accum
-        if self.rollout.batch_size % local_mini:
+        if self.rollout.group_size < 1:
+            raise ValueError(f"rollout.group_size must be >= 1, got {self.rollout.group_size}")
+        if self.ppo.advantage in GROUP_BASELINES and self.rollout.group_size < 2:
             raise ValueError(
-                f"rollout.batch_size={self.rollout.batch_size} must be a multiple of the mini-batch "
-                f"batch.micro_batch_size x batch.grad_accum = {local_mini} (x the number of processes, "
-                "checked when the run starts)"
+                f"ppo.advantage={self.ppo.advantage} needs rollout.group_size >= 2 (a prompt's responses are "
+                f"each other's baseline), got {self.rollout.group_size}"
+            )
+        if self.ppo.clip_eps_high is not None and self.ppo.clip_eps_high < 0:
+            raise ValueError(f"ppo.clip_eps_high must be >= 0, got {self.ppo.clip_eps_high}")
+        local_mini = self.batch.micro_batch_size * self.batch.grad_accum
+        if self.samples_per_step % local_mini:
+            raise ValueError(
+                f"rollout.batch_size={self.rollout.batch_size} x rollout.group_size={self.rollout.group_size} = "
+                f"{self.samples_per_step} samples must be a multiple "
+                f"of the mini-batch batch.micro_batch_size x batch.grad_accum = {local_mini} (x the number of "
+                "processes, checked when the run starts)"
             )
         if self.rollout.temperature <= 0:
             raise ValueError(
@@ -162,6 +201,16 @@ class PPOConfig(StageConfig):
             )
         self._check_kl()
 
+    @property
+    def samples_per_step(self) -> int:
+        """Responses sampled per step over all processes: prompts x group size."""
+        return self.rollout.batch_size * self.rollout.group_size
+
+    @property
+    def has_critic(self) -> bool:
+        """Whether the estimator needs a value model (gae only)."""
+        return self.ppo.advantage == "gae"
+
     def resolved_reference(self) -> str:
         """``reference`` with auto made concrete: lora_disabled for LoRA, else copy."""
         return resolve_reference(self.reference, self.model.adapt.strategy, full_default="copy")
@@ -178,10 +227,10 @@ class PPOConfig(StageConfig):
         # Each step moves the coefficient by a factor 1 + e * batch / horizon with |e| <= clip
         # (rlhf.math.kl.AdaptiveKLController); at clip * batch / horizon >= 1 it could reach 0 or flip sign.
         clip = AdaptiveKLController.PROPORTIONAL_ERROR_CLIP
-        smallest = clip * self.rollout.batch_size
+        smallest = clip * self.samples_per_step
         if kl.horizon <= smallest:
             raise ValueError(
-                f"kl.horizon={kl.horizon} is too small for rollout.batch_size={self.rollout.batch_size}: "
-                f"the adaptive KL coefficient changes by up to {clip:g} x batch_size / horizon per step, "
+                f"kl.horizon={kl.horizon} is too small for {self.samples_per_step} samples per step: "
+                f"the adaptive KL coefficient changes by up to {clip:g} x samples / horizon per step, "
                 f"which must stay below 1; use kl.horizon > {smallest:g}"
             )

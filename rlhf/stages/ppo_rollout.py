@@ -22,6 +22,8 @@ from rlhf.rollout.sampling import concat_samples, render_prompt, sample
 
 
 def load_prompts(cfg, tokenizer, backend) -> tuple[list, object]:
+    """The prompt records that fit ``data.max_prompt_length`` (with their metadata, for the reward
+    functions that take the record), and the data report."""
     quarantine = str(Path(cfg.output_dir) / "quarantine.jsonl") if backend.is_main else None
     records, report = load_kind(
         list(cfg.data.prompts),
@@ -42,7 +44,7 @@ def load_prompts(cfg, tokenizer, backend) -> tuple[list, object]:
             size = f"more than {limit}" if len(text) > budget else str(length)
             report.reject_accepted(record, f"prompt is {size} tokens, longer than data.max_prompt_length={limit}")
         else:
-            prompts.append(record.prompt)
+            prompts.append(record)
     report.quarantine.close()
     if not prompts:
         raise ValueError(f"no prompt left\n{report.summary()}")
@@ -72,8 +74,9 @@ def shape_scores(cfg, scores: torch.Tensor, ended: torch.Tensor, backend) -> tup
 class Rollout:
     """One step's samples with everything the update needs, computed once without grad."""
 
-    prompts: list
+    prompts: list  # [B] each sample's prompt (a prompt's group_size samples in a row)
     samples: Any
+    group_ids: torch.Tensor  # [B] each sample's prompt: its index in the step's global batch
     mask: torch.Tensor  # [B, T] float, valid response tokens
     raw_scores: torch.Tensor  # [B] before whitening (what is logged)
     scores: torch.Tensor  # [B] as added to the rewards
@@ -91,8 +94,14 @@ def sample_and_score(r, step: int) -> Rollout:
     # Each process samples its slice; each generation chunk has its own seed, a function of its
     # position in the global batch, so that the samples (and the whole run) do not depend on how
     # many processes share the batch.
+    # A process takes whole prompts and samples each group_size times; with group size 1 this
+    # is one sample per prompt.
+    group = cfg.rollout.group_size
+    first_prompt = backend.rank * (r.per_process // group)
+    records = [p for p in next(r.batches)[first_prompt : first_prompt + r.per_process // group] for _ in range(group)]
+    prompts = [record.prompt for record in records]
+    group_ids = torch.arange(first_prompt, first_prompt + r.per_process // group).repeat_interleave(group)
     offset = backend.rank * r.per_process
-    prompts = next(r.batches)[offset : offset + r.per_process]
     chunk_size = cfg.rollout.generation_batch_size
     model.eval()
     with backend.generation_model(model) as unwrapped:
@@ -109,22 +118,25 @@ def sample_and_score(r, step: int) -> Rollout:
         ]
     samples = concat_samples(parts, r.tokenizer.pad_token_id)
 
-    by_source = r.scorer.score_by_source(prompts, samples.texts)
+    by_source = r.scorer.score_by_source(prompts, samples.texts, records)
     raw_scores, scores = shape_scores(cfg, r.scorer.combine(by_source).to(backend.device), samples.ended, backend)
     old_logps, old_values, ref_logps = [], [], []
     temperature, micro = cfg.rollout.temperature, cfg.batch.micro_batch_size
     with torch.no_grad():
         for i in range(0, r.per_process, micro):
             chunk = samples.subset(list(range(i, min(i + micro, r.per_process))))
-            logits, values = forward_samples(model, chunk, temperature)
+            logits, values = forward_samples(model, chunk, temperature, with_values=cfg.has_critic)
             old_logps.append(token_logprobs(logits, chunk.response_ids) * chunk.response_mask)
-            old_values.append(values.float() * chunk.response_mask)
+            old_values.append(
+                values.float() * chunk.response_mask if values is not None else torch.zeros(chunk.response_mask.shape)
+            )
             ref_logps.append(
                 reference_logprobs(model, r.reference, chunk, temperature, backend.unwrap, backend.autocast)
             )
     return Rollout(
         prompts,
         samples,
+        group_ids.to(backend.device),
         samples.response_mask.float(),
         raw_scores,
         scores,

@@ -67,6 +67,44 @@ def assert_same_weights(a_dir, b_dir, atol=5e-6):
         torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
 
 
+def test_grpo_two_processes_match_one(tmp_path):
+    """Groups of 4 responses, the group statistics all-reduced: 2 DDP processes train what 1 does."""
+    grpo = [
+        *PPO_ARGS,
+        "ppo.advantage=grpo",
+        "rollout.group_size=4",
+        "rollout.batch_size=4",
+        "kl.controller=fixed",
+        "kl.in_loss=true",
+        "ppo.loss_aggregation=sequence_mean",
+        "ppo.clip_eps_high=0.28",
+    ]
+    run_ppo(
+        load_config(
+            PPOConfig,
+            str(REPO / "configs/ppo/tiny.yaml"),
+            [f"output_dir={tmp_path / 'single'}", *grpo, "batch.micro_batch_size=16"],
+        )
+    )
+    summary = launch_stage(
+        tmp_path,
+        "ddp",
+        "ddp",
+        29559,
+        "ppo",
+        "configs/ppo/tiny.yaml",
+        [*grpo, "batch.micro_batch_size=4", "batch.grad_accum=2"],
+    )
+    assert summary["world_size"] == 2 and summary["advantage"] == "grpo"
+    single = [json.loads(ln) for ln in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    multi = [json.loads(ln) for ln in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(single) == len(multi) == 2
+    for a, b in zip(single, multi):
+        for key in ("score", "response_length", "kl", "group_reward_std", "zero_advantage_groups"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), key
+    assert_same_weights(tmp_path / "single", tmp_path / "ddp", atol=2e-5)
+
+
 @pytest.mark.parametrize("engine", ["ddp", "zero3"])
 def test_ppo_two_processes_match_one(tmp_path, engine):
     run_ppo(

@@ -86,9 +86,9 @@ def nan_score_at(monkeypatch, calls, source="helpers:constant_reward"):
 
     original, seen = Scorer.score_by_source, []
 
-    def wrapped(self, prompts, responses):
+    def wrapped(self, prompts, responses, records=None):
         seen.append(1)
-        scores = original(self, prompts, responses)
+        scores = original(self, prompts, responses, records)
         if len(seen) in calls:
             scores[source] = torch.full_like(scores[source], float("nan"))
         return scores

@@ -20,6 +20,6 @@ def test_long_prompt_is_rejected_without_tokenising_it_whole(tmp_path, tiny_toke
     cfg = load_config(PPOConfig, None, [f"output_dir={tmp_path / 'run'}", f"data.prompts=[{path}]"])
     spy = SpyTokenizer(tiny_tokenizer)
     prompts, report = load_prompts(cfg, spy, SimpleNamespace(is_main=False))
-    assert prompts == ["short one"]
+    assert [record.prompt for record in prompts] == ["short one"]
     assert (report.accepted, report.rejected) == (1, 1) and report.reasons == {"too long": 1}
     assert max(spy.lengths) <= char_budget(cfg.data.max_prompt_length)

@@ -37,7 +37,7 @@ def test_max_steps_must_be_positive_for_ppo():
 
 def test_rollout_batch_must_be_a_multiple_of_the_mini_batch():
     err = ppo_error("rollout.batch_size=12", "batch.micro_batch_size=4", "batch.grad_accum=2")
-    assert "rollout.batch_size=12 must be a multiple of the mini-batch" in err
+    assert "rollout.batch_size=12 x rollout.group_size=1 = 12 samples must be a multiple of the mini-batch" in err
     assert "batch.micro_batch_size x batch.grad_accum = 8" in err
     assert (
         load_config(
@@ -77,7 +77,7 @@ def test_reward_weights_need_one_entry_per_source():
 def test_adaptive_kl_horizon_must_exceed_a_fifth_of_the_rollout_batch():
     # AdaptiveKLController.update(kl, batch_size) refuses 0.2 * batch_size / horizon >= 1.
     err = ppo_error("kl.controller=adaptive", "rollout.batch_size=64", "batch.micro_batch_size=8", "kl.horizon=12")
-    assert "kl.horizon=12 is too small for rollout.batch_size=64" in err and "kl.horizon > 12.8" in err
+    assert "kl.horizon=12 is too small for 64 samples per step" in err and "kl.horizon > 12.8" in err
     assert (
         load_config(
             PPOConfig,
