@@ -55,7 +55,7 @@ LOSS = {
     "sft": ("rlhf.stages.sft", "sft_loss_on_targets"),
     "rm": ("rlhf.stages.rm", "_objective"),
     "dpo": ("rlhf.stages.dpo", "dpo_loss"),
-    "ppo": ("rlhf.stages.ppo", "ppo_policy_loss"),
+    "ppo": ("rlhf.stages.ppo_update", "ppo_policy_loss"),
 }
 
 
