@@ -128,7 +128,9 @@ def sample_and_score(r, step: int) -> Rollout:
             logits, values = forward_samples(model, chunk, temperature, with_values=cfg.has_critic)
             old_logps.append(token_logprobs(logits, chunk.response_ids) * chunk.response_mask)
             old_values.append(
-                values.float() * chunk.response_mask if values is not None else torch.zeros(chunk.response_mask.shape)
+                values.float() * chunk.response_mask
+                if values is not None
+                else torch.zeros_like(chunk.response_mask, dtype=torch.float32)
             )
             ref_logps.append(
                 reference_logprobs(model, r.reference, chunk, temperature, backend.unwrap, backend.autocast)

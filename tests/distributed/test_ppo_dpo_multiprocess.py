@@ -67,6 +67,35 @@ def assert_same_weights(a_dir, b_dir, atol=5e-6):
         torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
 
 
+def rl_one_vs_two(tmp_path, engine, port, args, keys):
+    """The RL stage on 1 process (micro-batch 16) and on 2 (4 x 2 accumulation): the same metrics
+    ``keys`` at every step and the same weights; returns the 2-process summary."""
+    run_ppo(
+        load_config(
+            PPOConfig,
+            str(REPO / "configs/ppo/tiny.yaml"),
+            [f"output_dir={tmp_path / 'single'}", *args, "batch.micro_batch_size=16"],
+        )
+    )
+    summary = launch_stage(
+        tmp_path,
+        engine,
+        engine,
+        port,
+        "ppo",
+        "configs/ppo/tiny.yaml",
+        [*args, "batch.micro_batch_size=4", "batch.grad_accum=2"],
+    )
+    single = [json.loads(ln) for ln in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    multi = [json.loads(ln) for ln in (tmp_path / engine / "metrics.jsonl").read_text().splitlines()]
+    assert len(single) == len(multi) == 2
+    for a, b in zip(single, multi):
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], abs=1e-4), key
+    assert_same_weights(tmp_path / "single", tmp_path / engine, atol=2e-5)
+    return summary
+
+
 def test_grpo_two_processes_match_one(tmp_path):
     """Groups of 4 responses, the group statistics all-reduced: 2 DDP processes train what 1 does."""
     grpo = [
@@ -79,57 +108,16 @@ def test_grpo_two_processes_match_one(tmp_path):
         "ppo.loss_aggregation=sequence_mean",
         "ppo.clip_eps_high=0.28",
     ]
-    run_ppo(
-        load_config(
-            PPOConfig,
-            str(REPO / "configs/ppo/tiny.yaml"),
-            [f"output_dir={tmp_path / 'single'}", *grpo, "batch.micro_batch_size=16"],
-        )
-    )
-    summary = launch_stage(
-        tmp_path,
-        "ddp",
-        "ddp",
-        29559,
-        "ppo",
-        "configs/ppo/tiny.yaml",
-        [*grpo, "batch.micro_batch_size=4", "batch.grad_accum=2"],
-    )
+    keys = ("score", "response_length", "kl", "group_reward_std", "zero_advantage_groups")
+    summary = rl_one_vs_two(tmp_path, "ddp", 29559, grpo, keys)
     assert summary["world_size"] == 2 and summary["advantage"] == "grpo"
-    single = [json.loads(ln) for ln in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
-    multi = [json.loads(ln) for ln in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert len(single) == len(multi) == 2
-    for a, b in zip(single, multi):
-        for key in ("score", "response_length", "kl", "group_reward_std", "zero_advantage_groups"):
-            assert a[key] == pytest.approx(b[key], abs=1e-4), key
-    assert_same_weights(tmp_path / "single", tmp_path / "ddp", atol=2e-5)
 
 
 @pytest.mark.parametrize("engine", ["ddp", "zero3"])
 def test_ppo_two_processes_match_one(tmp_path, engine):
-    run_ppo(
-        load_config(
-            PPOConfig,
-            str(REPO / "configs/ppo/tiny.yaml"),
-            [f"output_dir={tmp_path / 'single'}", *PPO_ARGS, "batch.micro_batch_size=16"],
-        )
-    )
-    summary = launch_stage(
-        tmp_path,
-        engine,
-        engine,
-        29551 if engine == "ddp" else 29552,
-        "ppo",
-        "configs/ppo/tiny.yaml",
-        [*PPO_ARGS, "batch.micro_batch_size=4", "batch.grad_accum=2"],
-    )
+    keys = ("score", "response_length", "eos_rate", "kl", "kl_coef")
+    summary = rl_one_vs_two(tmp_path, engine, 29551 if engine == "ddp" else 29552, PPO_ARGS, keys)
     assert summary["world_size"] == 2 and summary["zero_stage"] == (3 if engine == "zero3" else None)
-    single = [json.loads(ln) for ln in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
-    multi = [json.loads(ln) for ln in (tmp_path / engine / "metrics.jsonl").read_text().splitlines()]
-    for a, b in zip(single, multi):
-        for key in ("score", "response_length", "eos_rate", "kl", "kl_coef"):
-            assert a[key] == pytest.approx(b[key], abs=1e-4), key
-    assert_same_weights(tmp_path / "single", tmp_path / engine, atol=2e-5)
 
 
 def test_dpo_zero3_with_precomputed_reference_matches_one_process(tmp_path):
