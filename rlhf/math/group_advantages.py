@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from rlhf.math.advantages import gae
+
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
 # Estimators whose advantage is one number per response (broadcast over its tokens).
 SEQUENCE_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
@@ -120,20 +122,16 @@ def token_returns(
         [N, T] returns in float32, 0 outside the mask.
     """
     keep = mask.bool()
-    if (keep[:, 1:] & ~keep[:, :-1]).any():
-        raise ValueError("mask must be a contiguous prefix of each row (valid tokens, then padding)")
     zeros = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device)
     rewards = torch.where(keep, -kl_coef * kl.detach().float(), zeros)
     last = (keep.long().sum(1) - 1).clamp(min=0)
     has_tokens = keep.any(1)
     rows = torch.arange(keep.shape[0], device=keep.device)
     rewards[rows[has_tokens], last[has_tokens]] += scores.detach().float()[has_tokens]
-    running = zeros[:, 0]
-    out = []
-    for t in reversed(range(keep.shape[1])):
-        running = torch.where(keep[:, t], rewards[:, t] + gamma * running, zeros[:, t])
-        out.append(running)
-    return torch.stack(out[::-1], dim=1)
+    # With no values and lambda 1, GAE's advantages are the discounted returns (it also refuses
+    # a mask that is not a prefix).
+    returns, _ = gae(rewards, zeros, keep, gamma=gamma, lam=1.0)
+    return returns
 
 
 def group_mean_baseline(scores: torch.Tensor, group_ids: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,7 @@ def compute_advantages(cfg, rollout: Rollout, kl_tokens: torch.Tensor, kl_coef: 
 
     num_groups = cfg.rollout.batch_size
     moments = backend.all_reduce_sum(group_moments(rollout.scores, rollout.group_ids, num_groups))
-    metrics = _group_metrics(moments, num_groups)
+    metrics = _group_metrics(moments)
     zeros = torch.zeros_like(mask)
     if estimator in SEQUENCE_ESTIMATORS:
         # KL as reward at the sequence level: the response's summed KL comes off its score
@@ -69,7 +69,7 @@ def compute_advantages(cfg, rollout: Rollout, kl_tokens: torch.Tensor, kl_coef: 
     return Advantages(global_whiten(returns, mask, backend), zeros, non_score, metrics)
 
 
-def _group_metrics(moments: torch.Tensor, num_groups: int) -> dict[str, float]:
+def _group_metrics(moments: torch.Tensor) -> dict[str, float]:
     """Mean over groups of each group's reward mean and (unbiased) std, and the share of groups
     whose rewards are all equal (zero advantage under the group baselines)."""
     mean, std, count = group_mean_and_std(moments)
